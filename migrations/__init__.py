@@ -1,0 +1,1 @@
+"""Alembic environment and versions for Jamono's schema (SQLite and PostgreSQL)."""

@@ -1,0 +1,64 @@
+"""Engine and session setup for SQLite (default) and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def async_url(database_url: str) -> URL:
+    """Return ``database_url`` with an async driver (``postgresql://`` → ``postgresql+asyncpg://``).
+
+    Raises:
+        ValueError: the URL does not parse or names a database other than SQLite/PostgreSQL.
+    """
+    try:
+        url = make_url(database_url)
+    except Exception as exc:
+        raise ValueError(f"not a database URL: {exc}") from None
+    backend = url.get_backend_name()
+    if backend == "postgres":
+        backend = "postgresql"
+    if backend not in _ASYNC_DRIVERS:
+        raise ValueError(f"unsupported database {backend!r}; use sqlite or postgresql")
+    driver = url.get_driver_name()
+    if driver in ("aiosqlite", "asyncpg"):
+        return url
+    return url.set(drivername=_ASYNC_DRIVERS[backend])
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine. SQLite files get WAL and a busy timeout: concurrent writers wait."""
+    url = async_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - driver callback
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Run ``SELECT 1``; raises the driver's error when the database is unreachable."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

@@ -1,0 +1,134 @@
+"""Per-workspace configuration: persona overrides, channel bindings, workspace settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.models import ChannelBinding, PersonaOverride, WorkspaceSettings
+from storage.tenancy import Tenant
+
+OVERRIDE_FIELDS = ("enabled", "model", "temperature", "extra_instructions")
+
+
+@dataclass(frozen=True)
+class Override:
+    """A workspace's override of one persona; ``None`` fields keep the built-in value."""
+
+    persona: str
+    enabled: bool | None = None
+    model: str | None = None
+    temperature: float | None = None
+    extra_instructions: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """Everything configured for one workspace, read in one go for a turn or ``/nox-config``."""
+
+    overrides: dict[str, Override]
+    bindings: dict[str, str]  # channel_id → persona
+    timezone: str
+
+
+class ConfigRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def load(self, tenant: Tenant) -> WorkspaceConfig:
+        async with self._sessions() as session:
+            overrides = (
+                await session.scalars(
+                    select(PersonaOverride).where(PersonaOverride.tenant_id == tenant.id)
+                )
+            ).all()
+            bindings = (
+                await session.execute(
+                    select(ChannelBinding.channel_id, ChannelBinding.persona).where(
+                        ChannelBinding.tenant_id == tenant.id
+                    )
+                )
+            ).all()
+            timezone = await session.scalar(
+                select(WorkspaceSettings.timezone).where(WorkspaceSettings.tenant_id == tenant.id)
+            )
+        return WorkspaceConfig(
+            overrides={
+                o.persona: Override(
+                    o.persona, o.enabled, o.model, o.temperature, o.extra_instructions
+                )
+                for o in overrides
+            },
+            bindings=dict(bindings),
+            timezone=timezone or "UTC",
+        )
+
+    async def channel_persona(self, tenant: Tenant, channel_id: str) -> str | None:
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(ChannelBinding.persona).where(
+                    ChannelBinding.tenant_id == tenant.id, ChannelBinding.channel_id == channel_id
+                )
+            )
+
+    async def update_persona(
+        self, tenant: Tenant, persona: str, changed_by: str, **changes: Any
+    ) -> None:
+        """Set override fields (``enabled``, ``model``, ``temperature``, ``extra_instructions``).
+
+        A value of ``None`` resets that field to the built-in default.
+
+        Raises:
+            TypeError: a field name outside :data:`OVERRIDE_FIELDS`.
+        """
+        unknown = set(changes) - set(OVERRIDE_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown override fields: {sorted(unknown)}")
+        async with self._sessions.begin() as session:
+            row = await session.get(PersonaOverride, (tenant.id, persona))
+            if row is None:
+                row = PersonaOverride(tenant_id=tenant.id, persona=persona)
+                session.add(row)
+            for name, value in changes.items():
+                setattr(row, name, value)
+            row.updated_by = changed_by
+
+    async def bind_channel(
+        self, tenant: Tenant, channel_id: str, persona: str | None, changed_by: str
+    ) -> None:
+        """Make ``persona`` answer mentions in ``channel_id``; ``None`` removes the binding."""
+        async with self._sessions.begin() as session:
+            if persona is None:
+                await session.execute(
+                    delete(ChannelBinding).where(
+                        ChannelBinding.tenant_id == tenant.id,
+                        ChannelBinding.channel_id == channel_id,
+                    )
+                )
+                return
+            row = await session.get(ChannelBinding, (tenant.id, channel_id))
+            if row is None:
+                session.add(
+                    ChannelBinding(
+                        tenant_id=tenant.id,
+                        channel_id=channel_id,
+                        persona=persona,
+                        updated_by=changed_by,
+                    )
+                )
+            else:
+                row.persona, row.updated_by = persona, changed_by
+
+    async def set_timezone(self, tenant: Tenant, timezone: str, changed_by: str) -> None:
+        """Store the workspace's IANA timezone (validated by the caller)."""
+        async with self._sessions.begin() as session:
+            row = await session.get(WorkspaceSettings, tenant.id)
+            if row is None:
+                session.add(
+                    WorkspaceSettings(tenant_id=tenant.id, timezone=timezone, updated_by=changed_by)
+                )
+            else:
+                row.timezone, row.updated_by = timezone, changed_by

@@ -1,0 +1,106 @@
+"""Usage figures of one workspace, computed from the audit trail (nothing kept in memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.models import LLMUsage, ToolCall, Turn
+from storage.tenancy import Tenant
+
+FAILED_TURN = ("error", "interrupted")
+FAILED_TOOL_CALL = ("error", "timeout", "invalid_arguments")
+
+
+@dataclass(frozen=True)
+class UsageFigures:
+    """Counts for one period. ``tool_calls`` maps tool name → number of calls."""
+
+    conversations: int = 0
+    turns: int = 0
+    tool_calls: dict[str, int] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class LastError:
+    at: datetime
+    source: str  # "turn" or the tool's name
+    message: str
+
+
+class MetricsRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def usage_since(self, tenant: Tenant, since: datetime) -> UsageFigures:
+        """Figures for turns, tool calls and LLM calls at or after ``since`` (aware datetime)."""
+        async with self._sessions() as session:
+            turns = (
+                await session.execute(
+                    select(
+                        func.count(func.distinct(Turn.conversation_id)),
+                        func.count(Turn.id),
+                        func.count(Turn.id).filter(Turn.status.in_(FAILED_TURN)),
+                    ).where(Turn.tenant_id == tenant.id, Turn.started_at >= since)
+                )
+            ).one()
+            tools = (
+                await session.execute(
+                    select(
+                        ToolCall.tool,
+                        func.count(ToolCall.id),
+                        func.count(ToolCall.id).filter(ToolCall.status.in_(FAILED_TOOL_CALL)),
+                    )
+                    .where(ToolCall.tenant_id == tenant.id, ToolCall.created_at >= since)
+                    .group_by(ToolCall.tool)
+                    .order_by(ToolCall.tool)
+                )
+            ).all()
+            tokens = (
+                await session.execute(
+                    select(
+                        func.coalesce(func.sum(LLMUsage.prompt_tokens), 0),
+                        func.coalesce(func.sum(LLMUsage.completion_tokens), 0),
+                    ).where(LLMUsage.tenant_id == tenant.id, LLMUsage.created_at >= since)
+                )
+            ).one()
+        return UsageFigures(
+            conversations=turns[0],
+            turns=turns[1],
+            tool_calls={name: count for name, count, _ in tools},
+            prompt_tokens=int(tokens[0]),
+            completion_tokens=int(tokens[1]),
+            errors=turns[2] + sum(failed for _, _, failed in tools),
+        )
+
+    async def last_error(self, tenant: Tenant, persona: str | None = None) -> LastError | None:
+        """The newest failed turn or tool call of the workspace (optionally of one persona)."""
+        turn_q = select(Turn.started_at, Turn.error).where(
+            Turn.tenant_id == tenant.id, Turn.status.in_(FAILED_TURN)
+        )
+        tool_q = select(ToolCall.created_at, ToolCall.tool, ToolCall.result_summary).where(
+            ToolCall.tenant_id == tenant.id, ToolCall.status.in_(FAILED_TOOL_CALL)
+        )
+        if persona:
+            turn_q = turn_q.where(Turn.persona == persona)
+            tool_q = tool_q.where(ToolCall.persona == persona)
+        async with self._sessions() as session:
+            turn = (await session.execute(turn_q.order_by(Turn.id.desc()).limit(1))).first()
+            tool = (await session.execute(tool_q.order_by(ToolCall.id.desc()).limit(1))).first()
+        candidates = []
+        if turn:
+            candidates.append(LastError(_aware(turn[0]), "turn", turn[1] or "failed"))
+        if tool:
+            candidates.append(LastError(_aware(tool[0]), tool[1], tool[2]))
+        return max(candidates, key=lambda e: e.at, default=None)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
