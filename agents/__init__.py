@@ -1,0 +1,1 @@
+"""Personas, the agent loop, the LLM client, memory and the tool registry."""

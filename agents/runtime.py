@@ -1,0 +1,286 @@
+"""The agent loop: persona prompt + memory → LLM → tool calls → answer, all of it audited."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+
+from agents.llm import NOT_CONFIGURED_HINT, Completion, LLMClient, LLMError, ToolCallRequest
+from agents.memory import estimate_tokens, fit_history
+from agents.personas import Persona
+from agents.tools.registry import ToolContext, ToolError, ToolRegistry
+from storage.repositories import Repositories
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+TurnStatus = Literal["ok", "max_steps", "error", "not_configured"]
+RESULT_LIMIT = 8_000  # characters of one tool result given back to the model
+SUMMARY_LIMIT = 500  # characters of a result kept in the audit trail
+
+
+@dataclass(frozen=True)
+class TurnRequest:
+    """One user message to a persona. ``thread_ts`` keys the conversation (see bot/turns.py)."""
+
+    tenant: Tenant
+    persona: Persona
+    channel_id: str
+    thread_ts: str
+    user_id: str
+    text: str
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What one tool call did, for the audit trail and the "tools used" line under an answer."""
+
+    name: str
+    arguments: dict[str, Any]
+    status: str  # ok | error | invalid_arguments | timeout | unknown_tool
+    summary: str
+    duration_ms: int
+
+
+@dataclass
+class TurnOutcome:
+    text: str
+    status: TurnStatus
+    tool_runs: list[ToolRun] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class AgentRuntime:
+    """Runs turns. One instance per process; safe for concurrent turns.
+
+    ``tool_timeout`` is in seconds per tool call; ``context_tokens`` is the history budget
+    (approximate tokens, see :mod:`agents.memory`).
+    """
+
+    def __init__(
+        self,
+        *,
+        llm: LLMClient | None,
+        registry: ToolRegistry,
+        repos: Repositories,
+        default_model: str,
+        tool_timeout: float,
+        context_tokens: int,
+    ) -> None:
+        self.llm = llm
+        self.registry = registry
+        self.repos = repos
+        self.default_model = default_model
+        self.tool_timeout = tool_timeout
+        self.context_tokens = context_tokens
+
+    async def run(self, request: TurnRequest) -> TurnOutcome:
+        """Answer one message. Never raises for LLM or tool failures: the outcome says what failed.
+
+        Raises only for storage failures (the caller reports them) and cancellation.
+        """
+        if self.llm is None:
+            return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
+        started = time.perf_counter()
+        persona = request.persona
+        stored = await self.repos.conversations.recent_messages(
+            request.tenant, request.channel_id, request.thread_ts
+        )
+        history = fit_history(stored, self.context_tokens)
+        turn_id = await self.repos.conversations.start_turn(
+            request.tenant, request.channel_id, request.thread_ts, persona.name, request.user_id
+        )
+        new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
+        outcome = TurnOutcome(text="", status="ok")
+
+        async def finish(status: str, error: str | None) -> None:
+            # Shielded: a turn cut short by shutdown still stores what it did, so the
+            # thread's memory and the audit stay whole.
+            await asyncio.shield(
+                self.repos.conversations.finish_turn(
+                    request.tenant,
+                    turn_id,
+                    new_messages,
+                    [estimate_tokens(m) for m in new_messages],
+                    status,
+                    error,
+                    round((time.perf_counter() - started) * 1000),
+                )
+            )
+
+        try:
+            await self._loop(request, turn_id, history, new_messages, outcome)
+        except LLMError as exc:
+            log.warning("llm_call_failed", tenant=request.tenant.id, reason=str(exc))
+            outcome.status = "error"
+            outcome.text = (
+                f"Sorry, I could not get an answer: {exc}. Please try again in a moment; "
+                f"`/{persona.command_prefix}-status` shows whether the model is reachable."
+            )
+            await finish("error", str(exc))
+        except asyncio.CancelledError:
+            await finish("interrupted", "interrupted by a shutdown before the answer")
+            raise
+        except Exception as exc:
+            await finish("error", f"internal error ({type(exc).__name__})")
+            raise
+        else:
+            await finish(outcome.status, None)
+        return outcome
+
+    async def _loop(
+        self,
+        request: TurnRequest,
+        turn_id: int,
+        history: list[dict[str, Any]],
+        new_messages: list[dict[str, Any]],
+        outcome: TurnOutcome,
+    ) -> None:
+        persona = request.persona
+        tools = self.registry.for_persona(persona)
+        specs = [tool.openai_spec() for tool in tools]
+        system = {"role": "system", "content": self._system_prompt(request)}
+        context = ToolContext(
+            tenant=request.tenant,
+            persona=persona,
+            user_id=request.user_id,
+            channel_id=request.channel_id,
+            thread_ts=request.thread_ts,
+            timezone=request.timezone,
+        )
+        steps = 0
+        while True:
+            completion = await self._complete(
+                request, turn_id, [system, *history, *new_messages], specs
+            )
+            outcome.prompt_tokens += completion.prompt_tokens
+            outcome.completion_tokens += completion.completion_tokens
+            new_messages.append(completion.as_chat_message())
+            if not completion.tool_calls:
+                outcome.text = completion.content or "(the model returned an empty answer)"
+                return
+            if steps == persona.max_tool_steps:
+                break
+            steps += 1
+            for call in completion.tool_calls:
+                run, content = await self._run_tool(call, context, turn_id)
+                outcome.tool_runs.append(run)
+                new_messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+        # Every tool_calls message needs its tool results, or the stored history is invalid.
+        for call in completion.tool_calls:
+            new_messages.append(
+                {"role": "tool", "tool_call_id": call.id, "content": "not run: step limit reached"}
+            )
+        outcome.status = "max_steps"
+        outcome.text = (
+            f"I stopped after {persona.max_tool_steps} tool steps without reaching an answer. "
+            "Ask me to continue, or narrow the request."
+        )
+
+    async def _complete(
+        self,
+        request: TurnRequest,
+        turn_id: int,
+        messages: list[dict[str, Any]],
+        specs: list[dict[str, Any]],
+    ) -> Completion:
+        persona = request.persona
+        model = persona.model or self.default_model
+        completion = await self.llm.complete(
+            model=model, messages=messages, tools=specs, temperature=persona.temperature
+        )
+        await self.repos.audit.record_llm_usage(
+            request.tenant,
+            turn_id=turn_id,
+            persona=persona.name,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            duration_ms=completion.duration_ms,
+        )
+        return completion
+
+    async def _run_tool(
+        self, call: ToolCallRequest, context: ToolContext, turn_id: int
+    ) -> tuple[ToolRun, str]:
+        """Validate, run with a timeout and audit one call; returns the run and the tool message."""
+        started = time.perf_counter()
+        arguments: dict[str, Any] = {}
+        tool = self.registry.get(call.name)
+        if tool is None or tool.name not in context.persona.tools:
+            status, content = "unknown_tool", f"error: there is no tool named {call.name!r}"
+        else:
+            try:
+                parsed = json.loads(call.arguments or "{}")
+            except json.JSONDecodeError as exc:
+                parsed, status = None, "invalid_arguments"
+                content = f"error: arguments are not valid JSON ({exc.msg}); send a JSON object"
+            if parsed is not None:
+                problems = tool.argument_errors(parsed)
+                if problems:
+                    status = "invalid_arguments"
+                    content = "error: invalid arguments: " + "; ".join(problems)
+                else:
+                    arguments = parsed
+                    status, content = await self._call(tool, context, arguments)
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        summary = content[:SUMMARY_LIMIT]
+        await self.repos.audit.record_tool_call(
+            context.tenant,
+            turn_id=turn_id,
+            persona=context.persona.name,
+            user_id=context.user_id,
+            tool=call.name,
+            arguments=arguments if arguments else _raw_arguments(call.arguments),
+            result_summary=summary,
+            status=status,
+            duration_ms=duration_ms,
+        )
+        log.info(
+            "tool_call",
+            tenant=context.tenant.id,
+            tool=call.name,
+            status=status,
+            duration_ms=duration_ms,
+        )
+        return ToolRun(call.name, arguments, status, summary, duration_ms), content[:RESULT_LIMIT]
+
+    async def _call(self, tool, context: ToolContext, arguments: dict[str, Any]) -> tuple[str, str]:
+        try:
+            result = await asyncio.wait_for(tool.handler(context, **arguments), self.tool_timeout)
+        except TimeoutError:
+            return "timeout", f"error: the tool did not finish within {self.tool_timeout:g} s"
+        except ToolError as exc:
+            return "error", f"error: {exc}"
+        except Exception as exc:  # a broken tool must not end the turn; the model is told
+            log.exception("tool_crashed", tool=tool.name)
+            return "error", f"error: the tool failed unexpectedly ({type(exc).__name__})"
+        if isinstance(result, str):
+            return "ok", result
+        return "ok", json.dumps(result, ensure_ascii=False, default=str)
+
+    def _system_prompt(self, request: TurnRequest) -> str:
+        now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return (
+            f"{request.persona.instructions()}\n\n"
+            f"Context: you are talking with Slack user <@{request.user_id}> in channel "
+            f"{request.channel_id}. The workspace timezone is {request.timezone}. "
+            f"It is now {now}."
+        )
+
+
+def _raw_arguments(raw: str) -> dict[str, Any]:
+    """What the model sent when it was not a valid object, kept verbatim for the audit."""
+    try:
+        value = json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return {"_raw": raw[:SUMMARY_LIMIT]}
+    return value if isinstance(value, dict) else {"_raw": value}

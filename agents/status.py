@@ -1,0 +1,107 @@
+"""Health of a persona for ``/nox-status`` and the ``persona_status`` tool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agents.llm import LLMClient
+from agents.personas import Persona
+from storage.repositories.metrics import LastError, MetricsRepository
+from storage.tenancy import Tenant
+
+HealthCheck = Callable[[], Awaitable[str]]
+"""Returns a one-line state ("ok", "connected", …); raising means failing (message shown)."""
+
+CHECK_TIMEOUT = 3.0  # seconds; /nox-status must answer well within Slack's patience
+
+
+@dataclass(frozen=True)
+class PersonaStatus:
+    persona: Persona
+    model: str
+    llm: str
+    llm_ok: bool
+    integrations: dict[str, str]
+    uptime_seconds: float
+    version: str
+    last_error: LastError | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "persona": self.persona.display_name,
+            "enabled": self.persona.enabled,
+            "model": self.model,
+            "llm": self.llm,
+            "integrations": self.integrations,
+            "uptime_seconds": round(self.uptime_seconds),
+            "version": self.version,
+            "last_error": (
+                {
+                    "at": self.last_error.at.isoformat(timespec="seconds"),
+                    "source": self.last_error.source,
+                    "message": self.last_error.message,
+                }
+                if self.last_error
+                else None
+            ),
+        }
+
+
+class StatusBoard:
+    """Collects status from the LLM endpoint, registered health checks and the audit trail."""
+
+    def __init__(
+        self,
+        *,
+        version: str,
+        default_model: str,
+        llm: LLMClient | None,
+        metrics: MetricsRepository,
+    ) -> None:
+        self.version = version
+        self.default_model = default_model
+        self._llm = llm
+        self._metrics = metrics
+        self._checks: dict[str, HealthCheck] = {}
+        self._started = time.monotonic()
+
+    def register_check(self, name: str, check: HealthCheck) -> None:
+        self._checks[name] = check
+
+    async def collect(self, tenant: Tenant, persona: Persona) -> PersonaStatus:
+        llm_state, checks, last_error = await asyncio.gather(
+            self._llm_state(),
+            asyncio.gather(*(_run_check(check) for check in self._checks.values())),
+            self._metrics.last_error(tenant, persona.name),
+        )
+        return PersonaStatus(
+            persona=persona,
+            model=persona.model or self.default_model,
+            llm=llm_state[1],
+            llm_ok=llm_state[0],
+            integrations=dict(zip(self._checks, checks, strict=True)),
+            uptime_seconds=time.monotonic() - self._started,
+            version=self.version,
+            last_error=last_error,
+        )
+
+    async def _llm_state(self) -> tuple[bool, str]:
+        if self._llm is None:
+            return False, "not configured"
+        problem = await self._llm.check(within=CHECK_TIMEOUT)
+        if problem:
+            return False, f"unreachable: {problem}"
+        return True, f"reachable at {self._llm.endpoint}"
+
+
+async def _run_check(check: HealthCheck) -> str:
+    try:
+        return await asyncio.wait_for(check(), CHECK_TIMEOUT)
+    except TimeoutError:
+        return f"failing: no answer within {CHECK_TIMEOUT:g} s"
+    except Exception as exc:  # a health check reports failures, it must not raise them
+        return f"failing: {exc}"

@@ -1,0 +1,107 @@
+"""Tools the LLM may call: name, description, JSON-schema parameters, risk level, handler."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from jsonschema import Draft202012Validator
+
+from storage.tenancy import Tenant
+
+if TYPE_CHECKING:
+    from agents.personas import Persona
+
+Risk = Literal["read", "write"]
+Handler = Callable[..., Awaitable[Any]]
+
+
+class ToolError(Exception):
+    """An expected tool failure; its message goes back to the model (and may reach the user)."""
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """Who asks and where: the facts a tool handler may use besides its arguments."""
+
+    tenant: Tenant
+    persona: Persona
+    user_id: str
+    channel_id: str
+    thread_ts: str
+    timezone: str  # the workspace's IANA timezone
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool as the registry holds it.
+
+    ``parameters`` is a JSON Schema (draft 2020-12) object schema; arguments are validated
+    against it before ``handler(context, **arguments)`` runs. ``risk`` ``write`` marks tools
+    that change something outside Jamono (approvals apply to those).
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    handler: Handler
+    risk: Risk = "read"
+    validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        Draft202012Validator.check_schema(self.parameters)
+        object.__setattr__(self, "validator", Draft202012Validator(self.parameters))
+
+    @classmethod
+    def from_function(
+        cls, handler: Handler, *, parameters: dict[str, Any], risk: Risk = "read"
+    ) -> Tool:
+        """A tool named after ``handler``, described by the first paragraph of its docstring."""
+        doc = inspect.getdoc(handler) or ""
+        description = " ".join(doc.split("\n\n", 1)[0].split())
+        if not description:
+            raise ValueError(f"tool {handler.__name__} needs a docstring: it is the description")
+        return cls(handler.__name__, description, parameters, handler, risk)
+
+    def argument_errors(self, arguments: Any) -> list[str]:
+        """Readable schema violations (empty when ``arguments`` is valid)."""
+        return [
+            f"{'/'.join(map(str, error.path)) or 'arguments'}: {error.message}"
+            for error in sorted(self.validator.iter_errors(arguments), key=lambda e: list(e.path))
+        ]
+
+    def openai_spec(self) -> dict[str, Any]:
+        """The entry for Chat Completions' ``tools`` array."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+class ToolRegistry:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Tool) -> None:
+        """Raises ValueError when a tool of that name is already registered."""
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is registered twice")
+        self._tools[tool.name] = tool
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def for_persona(self, persona: Persona) -> list[Tool]:
+        """The registered tools among the persona's enabled ones, in the persona's order."""
+        return [self._tools[name] for name in persona.tools if name in self._tools]
+
+    def __iter__(self):
+        return iter(self._tools.values())
