@@ -1,0 +1,107 @@
+"""The Bolt app: one workspace by bot token, or many by OAuth install."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
+from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
+from slack_bolt.response import BoltResponse
+from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
+from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
+
+from bot.listeners import register_all
+from bot.services import Services
+from bot.slack_client import oauth_authorize_url, web_client
+
+log = structlog.get_logger(__name__)
+
+# Kept equal to manifest.yml's oauth_config.scopes.bot (a test checks it).
+BOT_SCOPES = (
+    "app_mentions:read",
+    "chat:write",
+    "commands",
+    "files:write",
+    "im:history",
+    "im:read",
+    "im:write",
+    "reactions:write",
+    "users:read",
+    "users:read.email",
+)
+INSTALL_PATH = "/slack/install"
+REDIRECT_PATH = "/slack/oauth_redirect"
+OAUTH_STATE_TTL = 600  # seconds an install link stays valid
+
+
+def build_app(services: Services) -> AsyncApp:
+    """Bolt ``AsyncApp`` with our listeners, event claims and error logging.
+
+    With ``SLACK_CLIENT_ID``/``SLACK_CLIENT_SECRET`` tokens come from slack_sdk's SQLAlchemy
+    installation store (filled by ``/slack/install``); otherwise from ``SLACK_BOT_TOKEN``.
+    """
+    settings = services.settings
+    common: dict[str, Any] = {
+        "signing_secret": (
+            settings.slack_signing_secret.get_secret_value()
+            if settings.slack_signing_secret
+            else None
+        ),
+        "request_verification_enabled": settings.http_events,
+        "process_before_response": False,
+    }
+    if settings.oauth_enabled:
+        installation_store = AsyncSQLAlchemyInstallationStore(
+            client_id=settings.slack_client_id, engine=services.engine
+        )
+        oauth_flow = AsyncOAuthFlow(
+            client=web_client(settings.slack_api_url),
+            settings=AsyncOAuthSettings(
+                client_id=settings.slack_client_id,
+                client_secret=settings.slack_client_secret.get_secret_value(),
+                scopes=list(BOT_SCOPES),
+                authorization_url=oauth_authorize_url(settings.slack_api_url),
+                install_path=INSTALL_PATH,
+                redirect_uri_path=REDIRECT_PATH,
+                installation_store=installation_store,
+                state_store=AsyncSQLAlchemyOAuthStateStore(
+                    expiration_seconds=OAUTH_STATE_TTL, engine=services.engine
+                ),
+            ),
+        )
+        app = AsyncApp(
+            client=web_client(settings.slack_api_url),
+            oauth_flow=oauth_flow,
+            installation_store=installation_store,
+            **common,
+        )
+    else:
+        app = AsyncApp(
+            client=web_client(settings.slack_api_url, settings.slack_bot_token.get_secret_value()),
+            **common,
+        )
+    app.use(_claim_events(services))
+    app.error(_log_error)
+    register_all(app, services)
+    return app
+
+
+def _claim_events(services: Services):
+    async def claim_event(body: dict[str, Any], next) -> BoltResponse | None:
+        """Act on each ``event_id`` once, whatever Slack retries or however many replicas run."""
+        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
+        if event_id:
+            structlog.contextvars.bind_contextvars(event_id=event_id, team_id=body.get("team_id"))
+            if not await services.claims.claim(f"event:{event_id}"):
+                log.info("duplicate_event_dropped")
+                return BoltResponse(status=200, body="")
+        await next()
+        return None
+
+    return claim_event
+
+
+async def _log_error(error: Exception, body: dict[str, Any]) -> None:
+    log.error("listener_failed", error=repr(error), body_type=body.get("type"), exc_info=error)

@@ -1,0 +1,181 @@
+"""The ``jamono`` command (also ``python -m bot``).
+
+Exit codes: 0 success, 1 a dependency failed at start, 2 invalid settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import structlog
+
+from agents import personas
+from bot import __version__, logs
+from bot.settings import Settings, SettingsError, load_settings
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+SETUP_HINT = """\
+Slack is not configured, so Jamono starts the console: talk to the personas right here.
+
+To connect Slack, create an app from manifest.yml (https://api.slack.com/apps → Create New
+App → From an app manifest), install it to your workspace, then set in .env or the environment:
+  Socket Mode (no public URL needed): SLACK_BOT_TOKEN=xoxb-…  SLACK_APP_TOKEN=xapp-…
+  HTTP events:                        SLACK_BOT_TOKEN=xoxb-…  SLACK_SIGNING_SECRET=…
+  Many workspaces (OAuth install):    SLACK_CLIENT_ID, SLACK_CLIENT_SECRET, SLACK_SIGNING_SECRET
+Missing now: SLACK_BOT_TOKEN, SLACK_APP_TOKEN or SLACK_SIGNING_SECRET.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print("Invalid settings:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    return args.handler(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jamono", description="AI agent colleagues for Slack.")
+    parser.add_argument("--version", action="version", version=f"jamono {__version__}")
+    sub = parser.add_subparsers(required=True, metavar="command")
+
+    run = sub.add_parser("run", help="serve Slack (HTTP and/or Socket Mode); console without Slack")
+    run.set_defaults(handler=_run)
+
+    console = sub.add_parser("console", help="chat with a persona in the terminal")
+    console.add_argument("--persona", default="nox", choices=sorted(personas.BUILTIN))
+    console.set_defaults(handler=_console)
+
+    db = sub.add_parser("db", help="database schema")
+    db_sub = db.add_subparsers(required=True, metavar="action")
+    upgrade = db_sub.add_parser("upgrade", help="apply pending migrations")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=_db_upgrade)
+    current = db_sub.add_parser("current", help="show the applied revision")
+    current.set_defaults(handler=_db_current)
+
+    config = sub.add_parser(
+        "config",
+        help="change a workspace's configuration, as /nox-config does",
+        description="Same words as /nox-config, e.g.: jamono config --team T0123 atlas enable",
+    )
+    config.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
+    config.add_argument("--org", action="store_true", help="the id is an org-wide install's")
+    config.add_argument("words", nargs="*", help="[persona] verb [value]; default: show")
+    config.set_defaults(handler=_config)
+    return parser
+
+
+def _run(settings: Settings, _: argparse.Namespace) -> int:
+    from bot.server import serve
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            if settings.slack_configured:
+                await serve(services)
+                return
+            print(SETUP_HINT, file=sys.stderr)
+            from bot.console import run_console
+
+            done = asyncio.Event()
+            console = asyncio.create_task(run_console(services))
+            console.add_done_callback(lambda _: done.set())
+            await serve(services, until=done)
+            if not console.cancelled():
+                console.result()
+
+    return _execute(main())
+
+
+def _console(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.console import run_console
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            await run_console(services, args.persona)
+
+    return _execute(main())
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from storage import migrate
+
+    migrate.upgrade(settings.database_url, args.revision)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def _db_current(settings: Settings, _: argparse.Namespace) -> int:
+    from storage import migrate
+
+    migrate.current(settings.database_url)
+    return 0
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.commands import CommandRequest, CommandRouter
+
+    tenant = Tenant(
+        team_id=None if args.org else args.team,
+        enterprise_id=args.team if args.org else None,
+        is_enterprise_install=args.org,
+    )
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            reply = await CommandRouter(services).handle(
+                CommandRequest(
+                    tenant=tenant,
+                    command="/nox-config",
+                    text=" ".join(args.words),
+                    user_id="cli",
+                    channel_id="",
+                    is_admin=_always,
+                )
+            )
+            print(reply.text)
+
+    return _execute(main())
+
+
+async def _always() -> bool:
+    return True
+
+
+class _services:
+    """``async with _services(settings) as services`` — start and always close."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def __aenter__(self):
+        from bot.services import Services
+
+        self.services = await Services.start(self.settings)
+        return self.services
+
+    async def __aexit__(self, *_) -> None:
+        await self.services.close()
+
+
+def _execute(coro) -> int:
+    from bot.services import StartupError
+
+    try:
+        asyncio.run(coro)
+    except StartupError as exc:
+        log.error("startup_failed", reason=str(exc))
+        print(f"Cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0

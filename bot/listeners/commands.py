@@ -1,0 +1,71 @@
+"""Slash commands: ack at once, answer through ``response_url`` when the work is done."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.context.respond.async_respond import AsyncRespond
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from agents import personas
+from bot.commands import CommandRequest, CommandRouter
+from bot.listeners.context import tenant_of
+from bot.render import Reply
+from bot.services import Services
+from bot.work import ShuttingDown
+
+log = structlog.get_logger(__name__)
+
+PREFIXES = "|".join(p.command_prefix for p in personas.BUILTIN.values())
+PERSONA_COMMAND = re.compile(rf"^/({PREFIXES})-[a-z]+$")
+
+
+def register(app: AsyncApp, router: CommandRouter, services: Services) -> None:
+    @app.command(PERSONA_COMMAND)
+    async def on_command(
+        ack,
+        command: dict[str, Any],
+        respond: AsyncRespond,
+        context: AsyncBoltContext,
+        client: AsyncWebClient,
+    ) -> None:
+        await ack()
+        request = CommandRequest(
+            tenant=tenant_of(context),
+            command=command["command"],
+            text=command.get("text", ""),
+            user_id=command["user_id"],
+            channel_id=command.get("channel_id", ""),
+            is_admin=lambda: is_workspace_admin(client, command["user_id"]),
+        )
+        try:
+            services.inflight.spawn(answer(router, request, respond), name=command["command"])
+        except ShuttingDown:
+            await respond(
+                text="I am restarting right now; please try again in a minute.",
+                response_type="ephemeral",
+            )
+
+
+async def answer(router: CommandRouter, request: CommandRequest, respond: AsyncRespond) -> None:
+    try:
+        reply = await router.handle(request)
+    except Exception:
+        log.exception("command_failed", command=request.command)
+        reply = Reply(f"Sorry, `{request.command}` failed on my side. Please try again.")
+    await respond(response_type="ephemeral", **reply.as_kwargs())
+
+
+async def is_workspace_admin(client: AsyncWebClient, user_id: str) -> bool:
+    """Whether ``users.info`` says the user is an admin or owner of the workspace."""
+    try:
+        user = (await client.users_info(user=user_id))["user"]
+    except SlackApiError as exc:
+        log.warning("users_info_failed", user_id=user_id, error=exc.response.get("error"))
+        return False
+    return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))

@@ -1,0 +1,51 @@
+"""``app_home_opened``: the Home tab introduces the workspace's personas and commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from agents import personas
+from bot.listeners.context import tenant_of
+from bot.render import context as context_block
+from bot.render import header, section
+from bot.services import Services
+
+log = structlog.get_logger(__name__)
+
+
+def register(app: AsyncApp, services: Services) -> None:
+    @app.event("app_home_opened")
+    async def on_home_opened(
+        event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+    ) -> None:
+        if event.get("tab") != "home":
+            return
+        config = await services.repos.config.load(tenant_of(context))
+        blocks: list[dict[str, Any]] = [header("Your agent colleagues")]
+        for name in personas.BUILTIN:
+            persona = personas.effective(name, config)
+            state = "enabled" if persona.enabled else "not enabled"
+            blocks.append(
+                section(
+                    f"*{persona.display_name}* — {persona.title} ({state})\n"
+                    f"`/{persona.command_prefix}-help` lists what {persona.display_name} can do."
+                )
+            )
+        blocks.append(
+            context_block(
+                "Mention a persona in a channel to get an answer in the thread, or write here in "
+                "Messages. Workspace admins configure personas with `/nox-config`."
+            )
+        )
+        try:
+            await client.views_publish(
+                user_id=event["user"], view={"type": "home", "blocks": blocks}
+            )
+        except SlackApiError as exc:
+            log.warning("home_publish_failed", error=exc.response.get("error"))

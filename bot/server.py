@@ -1,0 +1,212 @@
+"""The ``jamono run`` process: aiohttp server, Socket Mode connection, graceful shutdown.
+
+Routes: ``POST /slack/events`` (Events API, slash commands and interactivity),
+``GET /healthz`` (process alive), ``GET /readyz`` (database reachable, Slack auth ok) and,
+with OAuth, ``GET /slack/install`` and ``GET /slack/oauth_redirect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from contextlib import suppress
+from urllib.parse import parse_qs
+
+import structlog
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+
+from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
+from bot.services import Services
+from bot.slack_client import web_client
+from storage.db import ping
+
+log = structlog.get_logger(__name__)
+
+MAX_BODY = 1024 * 1024  # bytes; Slack payloads are far smaller
+AUTH_CACHE_SECONDS = 60
+PRUNE_INTERVAL = 600  # seconds between sweeps of expired event claims
+
+
+class Server:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.bolt: AsyncApp | None = build_app(services) if self.settings.slack_configured else None
+        self.socket: AsyncSocketModeHandler | None = None
+        self._runner: web.AppRunner | None = None
+        self._auth: tuple[float, str] | None = None
+        self._background: list[asyncio.Task] = []
+        if self.bolt is not None:
+            services.status.register_check("slack", self.slack_state)
+
+    # Lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        if self.bolt is not None and self.settings.http_events:
+            app.router.add_post("/slack/events", self.slack_events)
+        if self.bolt is not None and self.bolt.oauth_flow is not None:
+            app.router.add_get(INSTALL_PATH, self.oauth)
+            app.router.add_get(REDIRECT_PATH, self.oauth)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
+        log.info(
+            "http_listening",
+            host=self.settings.host,
+            port=self.settings.port,
+            slack_events=self.settings.http_events and self.bolt is not None,
+            oauth=self.settings.oauth_enabled,
+        )
+        if self.bolt is not None and self.settings.socket_mode:
+            self.socket = AsyncSocketModeHandler(
+                self.bolt,
+                self.settings.slack_app_token.get_secret_value(),
+                web_client=web_client(self.settings.slack_api_url),
+            )
+            await self.socket.connect_async()
+            log.info("socket_mode_connected")
+        self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+
+    async def stop(self) -> None:
+        """Stop taking work, let in-flight turns finish within ``JAMONO_SHUTDOWN_GRACE`` s."""
+        log.info("shutting_down", in_flight=len(self.services.inflight))
+        self.services.inflight.draining = True
+        if self.socket is not None:
+            with suppress(Exception):
+                await self.socket.close_async()
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        cancelled = await self.services.inflight.drain(self.settings.shutdown_grace)
+        for task in self._background:
+            task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("stopped", cancelled_turns=cancelled)
+
+    async def _prune_claims(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL)
+            try:
+                await self.services.claims.prune()
+            except Exception as exc:  # pruning is housekeeping; retry next round
+                log.warning("claim_prune_failed", error=repr(exc))
+
+    # Handlers --------------------------------------------------------------------------
+
+    async def slack_events(self, request: web.Request) -> web.Response:
+        """Slack's one request URL: parse, then let Bolt verify the signature and dispatch."""
+        try:
+            body = (await request.read()).decode("utf-8")
+        except UnicodeDecodeError:
+            return _bad_request("body is not UTF-8")
+        if not is_slack_payload(body, request.content_type):
+            return _bad_request("body is neither a Slack JSON event nor a form payload")
+        if self.services.inflight.draining:
+            return web.json_response({"error": "shutting down"}, status=503)
+        bolt_request = AsyncBoltRequest(
+            body=body, query=request.query_string, headers=dict(request.headers)
+        )
+        return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
+
+    async def oauth(self, request: web.Request) -> web.Response:
+        flow = self.bolt.oauth_flow
+        bolt_request = await to_bolt_request(request)
+        if request.path == INSTALL_PATH:
+            response = await flow.handle_installation(bolt_request)
+        else:
+            response = await flow.handle_callback(bolt_request)
+        return await to_aiohttp_response(response)
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        checks["database"] = await _state(self._database())
+        checks["slack"] = await _state(self.slack_state())
+        ready = not self.services.inflight.draining and all(
+            v == "ok" or v.startswith("not configured") for v in checks.values()
+        )
+        if self.services.inflight.draining:
+            checks["process"] = "shutting down"
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status=200 if ready else 503,
+        )
+
+    async def _database(self) -> str:
+        await ping(self.services.engine)
+        return "ok"
+
+    async def slack_state(self) -> str:
+        """``ok`` when Slack accepts our credentials (and Socket Mode is connected)."""
+        if self.bolt is None:
+            return "not configured"
+        if self.socket is not None and not await self.socket.client.is_connected():
+            return "failing: Socket Mode is not connected"
+        if self.settings.oauth_enabled:
+            return "ok"  # tokens are per workspace, in the installation store
+        now = time.monotonic()
+        if self._auth is None or now - self._auth[0] > AUTH_CACHE_SECONDS:
+            try:
+                await self.bolt.client.auth_test()
+                state = "ok"
+            except Exception as exc:
+                state = f"failing: auth.test: {getattr(exc, 'response', {}).get('error', exc)}"
+            self._auth = (now, state)
+        return self._auth[1]
+
+
+def is_slack_payload(body: str, content_type: str) -> bool:
+    """JSON object (Events API) or form with ``payload`` JSON, ``command`` or ``ssl_check``."""
+    stripped = body.lstrip()
+    if content_type == "application/json" or stripped.startswith("{"):
+        try:
+            return isinstance(json.loads(body), dict)
+        except json.JSONDecodeError:
+            return False
+    form = parse_qs(body, keep_blank_values=True)
+    if "payload" in form:
+        try:
+            return isinstance(json.loads(form["payload"][0]), dict)
+        except json.JSONDecodeError:
+            return False
+    return "command" in form or "ssl_check" in form
+
+
+def _bad_request(reason: str) -> web.Response:
+    # X-Slack-No-Retry: a body that does not parse will not parse on retry either.
+    return web.json_response({"error": reason}, status=400, headers={"X-Slack-No-Retry": "1"})
+
+
+async def _state(check) -> str:
+    try:
+        return await asyncio.wait_for(check, 3)
+    except Exception as exc:
+        return f"failing: {exc!r}"
+
+
+async def serve(services: Services, until: asyncio.Event | None = None) -> None:
+    """Run the server until SIGTERM/SIGINT (or ``until`` is set), then shut down gracefully."""
+    stop = until or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(services)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await server.stop()

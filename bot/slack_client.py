@@ -1,0 +1,33 @@
+"""Slack Web API clients pointed at ``SLACK_API_URL`` with slack_sdk's async retry handlers."""
+
+from __future__ import annotations
+
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+WEB_API_TIMEOUT = 10  # seconds per HTTP attempt
+
+
+def web_client(api_url: str, token: str | None = None) -> AsyncWebClient:
+    """An ``AsyncWebClient`` on ``api_url`` that retries connection errors and HTTP 429.
+
+    429 retries wait for the ``Retry-After`` seconds Slack sends (contracts.md, "Slack:
+    limits"); 5xx are not retried because ``chat.postMessage`` is not idempotent.
+    """
+    return AsyncWebClient(
+        token=token,
+        base_url=api_url,
+        timeout=WEB_API_TIMEOUT,
+        retry_handlers=[
+            AsyncConnectionErrorRetryHandler(max_retry_count=2),
+            AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+        ],
+    )
+
+
+def oauth_authorize_url(api_url: str) -> str:
+    """``https://slack.com/api/`` → ``https://slack.com/oauth/v2/authorize`` (GovSlack alike)."""
+    return api_url.rstrip("/").removesuffix("/api") + "/oauth/v2/authorize"

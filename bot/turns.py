@@ -1,0 +1,175 @@
+"""From a Slack message to a posted answer: persona, progress indicator, turn, reply.
+
+Conversation keys (``thread_ts`` in storage):
+
+* a mention in a channel → the thread root (``thread_ts`` of the message, else its ``ts``);
+  the answer goes into that thread, and later mentions there continue the conversation;
+* a DM inside a thread → that thread, answered in the thread;
+* a top-level DM → a rolling DM session, answered top-level. Messages belong to the same
+  session while the previous one is less than :data:`DM_SESSION_IDLE` old; after a longer
+  pause a new session (``dm:{ts}``) starts with a clean memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from agents import personas
+from agents.personas import Persona
+from agents.runtime import TurnRequest
+from bot import render
+from bot.commands import not_enabled
+from bot.render import Reply
+from bot.services import Services
+from bot.work import ShuttingDown
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+DM_SESSION_IDLE = timedelta(hours=4)
+DM_PREFIX = "dm:"
+WORKING_REACTION = "eyes"
+MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A user's message as the listeners extract it from ``app_mention`` or ``message.im``."""
+
+    tenant: Tenant
+    channel_id: str
+    user_id: str
+    text: str
+    ts: str
+    thread_ts: str | None  # the thread root when the message is a reply in a thread
+    is_dm: bool
+
+
+class SlackTurns:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def accept(self, message: IncomingMessage, client: AsyncWebClient) -> None:
+        """Claim the message, pick the persona and start the answer in the background.
+
+        Returns quickly: the LLM work runs after Slack's ack, tracked for graceful shutdown.
+        """
+        # app_mention and message can both deliver one message (contracts.md): claim it once.
+        key = f"msg:{message.tenant.id}:{message.channel_id}:{message.ts}"
+        if not await self.services.claims.claim(key):
+            log.info("duplicate_message_dropped", channel_id=message.channel_id, ts=message.ts)
+            return
+        config = await self.services.repos.config.load(message.tenant)
+        persona = personas.for_channel(config, message.channel_id)
+        reply_thread = (
+            None if message.is_dm and not message.thread_ts else (message.thread_ts or message.ts)
+        )
+        if not persona.enabled:
+            await self._post(client, message.channel_id, reply_thread, not_enabled(persona))
+            return
+        conversation = await self._conversation_key(message)
+        request = TurnRequest(
+            tenant=message.tenant,
+            persona=persona,
+            channel_id=message.channel_id,
+            thread_ts=conversation,
+            user_id=message.user_id,
+            text=MENTION.sub("", message.text).strip() or "(empty message)",
+            timezone=config.timezone,
+        )
+        try:
+            self.services.inflight.spawn(
+                self._answer(request, client, message.ts, reply_thread),
+                name=f"turn:{message.tenant.id}:{message.channel_id}:{message.ts}",
+            )
+        except ShuttingDown:
+            await self._post(
+                client,
+                message.channel_id,
+                reply_thread,
+                Reply("I am restarting right now; please ask again in a minute."),
+            )
+
+    async def _conversation_key(self, message: IncomingMessage) -> str:
+        if not message.is_dm or message.thread_ts:
+            return message.thread_ts or message.ts
+        latest = await self.services.repos.conversations.latest_thread(
+            message.tenant, message.channel_id, DM_PREFIX
+        )
+        if latest and datetime.now(UTC) - latest[1] < DM_SESSION_IDLE:
+            return latest[0]
+        return f"{DM_PREFIX}{message.ts}"
+
+    async def _answer(
+        self,
+        request: TurnRequest,
+        client: AsyncWebClient,
+        message_ts: str,
+        reply_thread: str | None,
+    ) -> None:
+        channel = request.channel_id
+        # The indicator goes up while the model already works: it costs no latency.
+        indicator = asyncio.create_task(self._react(client, "add", channel, message_ts))
+        try:
+            outcome = await self.services.runtime.run(request)
+            reply = _signed(request.persona, render.answer(outcome))
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._post(
+                    client,
+                    channel,
+                    reply_thread,
+                    Reply(
+                        "I was interrupted by a restart before I could answer; please ask again."
+                    ),
+                )
+            )
+            raise
+        except Exception:
+            log.exception("turn_failed", tenant=request.tenant.id, channel_id=channel)
+            reply = Reply(
+                "Sorry, something went wrong on my side and I could not answer. "
+                f"Please try again; `/{request.persona.command_prefix}-status` shows my health."
+            )
+        finally:
+            if await indicator:
+                await self._react(client, "remove", channel, message_ts)
+        await self._post(client, channel, reply_thread, reply)
+
+    async def _post(
+        self, client: AsyncWebClient, channel: str, thread_ts: str | None, reply: Reply
+    ) -> None:
+        try:
+            await client.chat_postMessage(channel=channel, thread_ts=thread_ts, **reply.as_kwargs())
+        except SlackApiError as exc:
+            log.error("post_failed", channel_id=channel, error=exc.response.get("error"))
+
+    async def _react(self, client: AsyncWebClient, action: str, channel: str, ts: str) -> bool:
+        """Add or remove the working reaction; ``False`` when Slack refused (never raises)."""
+        method = client.reactions_add if action == "add" else client.reactions_remove
+        try:
+            await method(channel=channel, timestamp=ts, name=WORKING_REACTION)
+        except SlackApiError as exc:
+            log.debug("reaction_failed", action=action, error=exc.response.get("error"))
+            return False
+        except Exception as exc:  # the indicator is cosmetic; its failure must not end a turn
+            log.debug("reaction_failed", action=action, error=repr(exc))
+            return False
+        return True
+
+
+def _signed(persona: Persona, reply: Reply) -> Reply:
+    """The app's bot user is NOX; answers of other personas say who is speaking."""
+    if persona.name == personas.DEFAULT_PERSONA:
+        return reply
+    byline = render.context(f"*{persona.display_name}* · {persona.title}")
+    return Reply(
+        f"{persona.display_name}: {reply.text}", [byline, *reply.blocks][: render.MAX_BLOCKS]
+    )
