@@ -1,0 +1,509 @@
+"""A fake Slack: Web API, Socket Mode and response_url over real HTTP and WebSocket.
+
+It speaks the wire format of contracts.md and ../shared/slack/samples: clients are pointed at
+it with their normal settings (``SLACK_API_URL`` = :attr:`FakeSlack.api_url`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import WSMsgType, web
+
+APP_ID = "A0JAMONO"
+
+
+@dataclass
+class Call:
+    """One Web API request as the fake received it; ``at`` is ``time.monotonic()``."""
+
+    method: str
+    params: dict[str, Any]
+    token: str | None
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Workspace:
+    team_id: str
+    bot_token: str
+    bot_user_id: str
+    team_name: str
+    enterprise_id: str | None = None
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class SocketConnection:
+    ws: web.WebSocketResponse
+    acks: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
+
+
+class FakeSlack:
+    """Start with ``async with FakeSlack() as slack`` (or ``await start()`` / ``stop()``)."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.responses: list[tuple[str, dict[str, Any]]] = []  # (response_url id, JSON body)
+        self.url = ""
+        self._workspaces: dict[str, Workspace] = {}
+        self._app_tokens: set[str] = set()
+        self._oauth_app: tuple[str, str] | None = None
+        self._oauth_codes: dict[str, dict[str, Any]] = {}
+        self._ts = itertools.count(1)
+        self._faults: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._delays: dict[str, float] = {}
+        self._limits: dict[str, tuple[float, str]] = {}
+        self._last_post: dict[tuple[str, str], float] = {}
+        self._sockets: list[SocketConnection] = []
+        self._sent_at: dict[str, float] = {}
+        self._changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+
+    # Lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> FakeSlack:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/api/{method}", self._web_api)
+        app.router.add_get("/socket-mode/{id}", self._socket)
+        app.router.add_post("/response/{id}", self._response_url)
+        app.router.add_post("/upload/{id}", self._upload)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        for connection in self._sockets:
+            await connection.ws.close()
+        if self._runner:
+            await self._runner.cleanup()
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api/"
+
+    # Set-up ------------------------------------------------------------------------------
+
+    def add_workspace(
+        self, team_id: str, bot_token: str, bot_user_id: str = "U0NOX", team_name: str = "",
+        enterprise_id: str | None = None,
+    ) -> Workspace:
+        workspace = Workspace(team_id, bot_token, bot_user_id, team_name or team_id, enterprise_id)
+        self._workspaces[bot_token] = workspace
+        return workspace
+
+    def add_user(
+        self, team_id: str, user_id: str, name: str, email: str | None = None,
+        tz: str = "Europe/Paris", is_admin: bool = False, is_owner: bool = False,
+        is_bot: bool = False,
+    ) -> None:
+        workspace = next(w for w in self._workspaces.values() if w.team_id == team_id)
+        workspace.users[user_id] = {
+            "id": user_id, "team_id": team_id, "name": name, "real_name": name, "tz": tz,
+            "tz_offset": 3600, "is_admin": is_admin, "is_owner": is_owner,
+            "is_primary_owner": False, "is_bot": is_bot, "deleted": False,
+            "profile": {"email": email, "real_name": name, "display_name": name},
+        }
+
+    def add_app_token(self, token: str) -> None:
+        self._app_tokens.add(token)
+
+    def set_oauth_app(self, client_id: str, client_secret: str) -> None:
+        self._oauth_app = (client_id, client_secret)
+
+    def register_oauth_code(
+        self, code: str, team_id: str, bot_token: str, bot_user_id: str = "U0NOX",
+        team_name: str = "", installer: str = "U0ADMIN",
+    ) -> None:
+        """``code`` becomes valid once at ``oauth.v2.access``; it installs that workspace."""
+        self._oauth_codes[code] = {
+            "team_id": team_id, "bot_token": bot_token, "bot_user_id": bot_user_id,
+            "team_name": team_name or team_id, "installer": installer,
+        }
+
+    def fail_next(self, method: str, status: int = 500, retry_after: int = 1, times: int = 1):
+        self._faults[method].extend([(status, retry_after)] * times)
+
+    def delay(self, method: str, seconds: float) -> None:
+        self._delays[method] = seconds
+
+    def rate_limit(self, method: str, per_seconds: float, scope: str = "channel") -> None:
+        """At most one ``method`` call per ``per_seconds`` per channel (or workspace): else 429."""
+        self._limits[method] = (per_seconds, scope)
+
+    # Observations ------------------------------------------------------------------------
+
+    def calls_to(self, method: str) -> list[Call]:
+        return [call for call in self.calls if call.method == method]
+
+    async def wait_for(self, method: str, predicate=None, count: int = 1, timeout: float = 10.0):
+        """The first ``count`` calls to ``method`` matching ``predicate(params)``."""
+        def matching() -> list[Call]:
+            return [c for c in self.calls_to(method) if predicate is None or predicate(c.params)]
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: len(matching()) >= count), timeout
+                )
+        except TimeoutError:
+            seen = "\n".join(f"  {c.method} {json.dumps(c.params)[:300]}" for c in self.calls)
+            raise AssertionError(
+                f"expected {count} {method} call(s) within {timeout} s; got:\n{seen or '  none'}"
+            ) from None
+        return matching()[:count]
+
+    async def wait_for_response(self, predicate=None, timeout: float = 10.0) -> dict[str, Any]:
+        def found():
+            return next((b for _, b in self.responses if predicate is None or predicate(b)), None)
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None),
+                                       timeout)
+        except TimeoutError:
+            raise AssertionError(f"no response_url post matched; got {self.responses}") from None
+        return found()
+
+    def new_response_url(self) -> str:
+        return f"{self.url}/response/{uuid.uuid4().hex}"
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # Web API -----------------------------------------------------------------------------
+
+    async def _web_api(self, request: web.Request) -> web.Response:
+        method = request.match_info["method"]
+        params = await _params(request)
+        token = _bearer(request) or params.pop("token", None)
+        self.calls.append(Call(method, params, token, dict(request.headers), time.monotonic()))
+        await self._notify()
+        if method in self._delays:
+            await asyncio.sleep(self._delays[method])
+        if self._faults[method]:
+            status, retry_after = self._faults[method].pop(0)
+            return _error_status(status, retry_after)
+        if method == "apps.connections.open":
+            return self._connections_open(token)
+        if method == "oauth.v2.access":
+            return self._oauth_access(request, params)
+        workspace = self._workspaces.get(token or "")
+        if token is None:
+            return web.json_response({"ok": False, "error": "not_authed"})
+        if workspace is None:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        limited = self._rate_limited(method, workspace, params)
+        if limited:
+            return limited
+        handler = getattr(self, "_m_" + method.replace(".", "_"), None)
+        if handler is None:
+            return web.json_response({"ok": False, "error": "unknown_method"})
+        return web.json_response(handler(workspace, params))
+
+    def _rate_limited(self, method, workspace, params) -> web.Response | None:
+        if method not in self._limits:
+            return None
+        per_seconds, scope = self._limits[method]
+        key = (workspace.team_id, params.get("channel", "") if scope == "channel" else "")
+        now = time.monotonic()
+        last = self._last_post.get(key)
+        if last is not None and now - last < per_seconds:
+            return _error_status(429, max(1, round(per_seconds - (now - last))))
+        self._last_post[key] = now
+        return None
+
+    def _next_ts(self) -> str:
+        return f"{1_700_000_000 + next(self._ts)}.000100"
+
+    def _m_auth_test(self, w: Workspace, _: dict) -> dict:
+        return {
+            "ok": True, "url": f"https://{w.team_name.lower()}.slack.com/", "team": w.team_name,
+            "user": "nox", "team_id": w.team_id, "user_id": w.bot_user_id, "bot_id": "B0NOX",
+            "enterprise_id": w.enterprise_id, "is_enterprise_install": False,
+        }
+
+    def _message(self, w: Workspace, params: dict, ts: str) -> dict:
+        message = {"type": "message", "ts": ts, "user": w.bot_user_id, "bot_id": "B0NOX",
+                   "text": params.get("text", ""), "app_id": APP_ID}
+        if params.get("blocks"):
+            message["blocks"] = _json_field(params["blocks"])
+        if params.get("thread_ts"):
+            message["thread_ts"] = params["thread_ts"]
+        return message
+
+    def _m_chat_postMessage(self, w: Workspace, params: dict) -> dict:
+        if not params.get("channel"):
+            return {"ok": False, "error": "channel_not_found"}
+        if not params.get("text") and not params.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        ts = self._next_ts()
+        return {"ok": True, "channel": params["channel"], "ts": ts,
+                "message": self._message(w, params, ts)}
+
+    def _m_chat_update(self, w: Workspace, params: dict) -> dict:
+        return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts"),
+                "text": params.get("text", ""), "message": self._message(w, params, params["ts"])}
+
+    def _m_chat_postEphemeral(self, w: Workspace, params: dict) -> dict:
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _m_chat_delete(self, w: Workspace, params: dict) -> dict:
+        return {"ok": True, "channel": params.get("channel"), "ts": params.get("ts")}
+
+    def _m_reactions_add(self, w: Workspace, params: dict) -> dict:
+        return {"ok": True}
+
+    _m_reactions_remove = _m_reactions_add
+
+    def _m_views_publish(self, w: Workspace, params: dict) -> dict:
+        return {"ok": True, "view": {"id": "V0HOME", **_json_field(params.get("view", "{}"))}}
+
+    def _m_users_info(self, w: Workspace, params: dict) -> dict:
+        user = w.users.get(params.get("user", ""))
+        return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
+
+    def _m_conversations_info(self, w: Workspace, params: dict) -> dict:
+        channel = params.get("channel", "")
+        return {"ok": True, "channel": {
+            "id": channel, "name": channel.lower(), "is_im": channel.startswith("D"),
+            "is_channel": channel.startswith("C"), "is_member": True,
+        }}
+
+    def _m_files_getUploadURLExternal(self, w: Workspace, params: dict) -> dict:
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def _m_files_completeUploadExternal(self, w: Workspace, params: dict) -> dict:
+        files = _json_field(params.get("files", "[]"))
+        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title", "")} for f in files]}
+
+    def _connections_open(self, token: str | None) -> web.Response:
+        if token not in self._app_tokens:
+            return web.json_response({"ok": False, "error": "invalid_auth"})
+        return web.json_response(
+            {"ok": True, "url": f"ws://127.0.0.1:{self.url.rsplit(':', 1)[1]}/socket-mode/"
+                                f"{uuid.uuid4().hex}"}
+        )
+
+    def _oauth_access(self, request: web.Request, params: dict) -> web.Response:
+        client = _basic(request) or (params.get("client_id"), params.get("client_secret"))
+        if self._oauth_app is None or tuple(client) != self._oauth_app:
+            return web.json_response({"ok": False, "error": "invalid_client_id"})
+        grant = self._oauth_codes.pop(params.get("code", ""), None)
+        if grant is None:
+            return web.json_response({"ok": False, "error": "invalid_code"})
+        workspace = self.add_workspace(grant["team_id"], grant["bot_token"], grant["bot_user_id"],
+                                       grant["team_name"])
+        return web.json_response({
+            "ok": True, "app_id": APP_ID, "authed_user": {"id": grant["installer"]},
+            "scope": "app_mentions:read,chat:write,commands", "token_type": "bot",
+            "access_token": workspace.bot_token, "bot_user_id": workspace.bot_user_id,
+            "team": {"id": workspace.team_id, "name": workspace.team_name},
+            "enterprise": None, "is_enterprise_install": False,
+        })
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text="OK - uploaded")
+
+    async def _response_url(self, request: web.Request) -> web.Response:
+        self.responses.append((request.match_info["id"], await request.json()))
+        await self._notify()
+        return web.Response(text="ok")
+
+    # Socket Mode -------------------------------------------------------------------------
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        connection = SocketConnection(ws)
+        self._sockets.append(connection)
+        await ws.send_json({
+            "type": "hello", "num_connections": 1,
+            "debug_info": {"host": "fake-slack", "approximate_connection_time": 3600},
+            "connection_info": {"app_id": APP_ID},
+        })
+        await self._notify()
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                continue
+            ack = json.loads(message.data)
+            envelope_id = ack.get("envelope_id")
+            if envelope_id:
+                connection.acks[envelope_id] = (ack, time.monotonic())
+                await self._notify()
+        return ws
+
+    @property
+    def socket_connection_count(self) -> int:
+        return len(self._sockets)
+
+    def _current_socket(self) -> SocketConnection:
+        live = [c for c in self._sockets if not c.ws.closed]
+        if not live:
+            raise AssertionError("no Socket Mode connection is open")
+        return live[-1]
+
+    async def socket_send_envelope(
+        self, type: str, payload: dict[str, Any], retry_attempt: int = 0,
+        retry_reason: str = "", accepts_response_payload: bool = False,
+    ) -> str:
+        envelope_id = str(uuid.uuid4())
+        self._sent_at[envelope_id] = time.monotonic()
+        await self._current_socket().ws.send_json({
+            "envelope_id": envelope_id, "type": type, "payload": payload,
+            "accepts_response_payload": accepts_response_payload,
+            "retry_attempt": retry_attempt, "retry_reason": retry_reason,
+        })
+        return envelope_id
+
+    async def wait_for_ack(self, envelope_id: str, timeout: float = 5.0):
+        """``(ack JSON, seconds from sending the envelope to receiving its ack)``."""
+        def ack():
+            return next((c.acks[envelope_id] for c in self._sockets if envelope_id in c.acks),
+                        None)
+
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: ack() is not None), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no ack for envelope {envelope_id}") from None
+        body, at = ack()
+        return body, at - self._sent_at[envelope_id]
+
+    async def socket_disconnect(self, reason: str = "refresh_requested") -> None:
+        connection = self._current_socket()
+        await connection.ws.send_json({"type": "disconnect", "reason": reason,
+                                       "debug_info": {"host": "fake-slack"}})
+        await asyncio.sleep(0.2)
+        await connection.ws.close()
+
+    async def wait_for_socket_connections(self, count: int, timeout: float = 10.0) -> None:
+        try:
+            async with self._changed:
+                await asyncio.wait_for(
+                    self._changed.wait_for(
+                        lambda: sum(not c.ws.closed for c in self._sockets) >= 1
+                        and len(self._sockets) >= count
+                    ),
+                    timeout,
+                )
+        except TimeoutError:
+            raise AssertionError(
+                f"expected {count} Socket Mode connections, saw {len(self._sockets)}"
+            ) from None
+
+    # Payload builders --------------------------------------------------------------------
+
+    def new_ts(self) -> str:
+        return self._next_ts()
+
+    def event_callback(
+        self, team_id: str, event: dict[str, Any], event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """The Events API body Slack POSTs for ``event``."""
+        workspace = next(w for w in self._workspaces.values() if w.team_id == team_id)
+        return {
+            "token": "verification-token-unused", "team_id": team_id,
+            "enterprise_id": workspace.enterprise_id, "api_app_id": APP_ID,
+            "event": event, "type": "event_callback",
+            "event_id": event_id or "Ev" + uuid.uuid4().hex[:10].upper(),
+            "event_time": int(time.time()), "event_context": "4-" + uuid.uuid4().hex,
+            "is_ext_shared_channel": False,
+            "authorizations": [{
+                "enterprise_id": workspace.enterprise_id, "team_id": team_id,
+                "user_id": workspace.bot_user_id, "is_bot": True, "is_enterprise_install": False,
+            }],
+        }
+
+    def app_mention_event(
+        self, user: str, channel: str, text: str, ts: str | None = None,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        event = {"type": "app_mention", "user": user, "text": text, "ts": ts or self.new_ts(),
+                 "channel": channel, "event_ts": "", "client_msg_id": str(uuid.uuid4())}
+        event["event_ts"] = event["ts"]
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        return event
+
+    def message_event(
+        self, user: str | None, channel: str, text: str, channel_type: str = "im",
+        ts: str | None = None, thread_ts: str | None = None, subtype: str | None = None,
+        bot_id: str | None = None,
+    ) -> dict[str, Any]:
+        event: dict[str, Any] = {"type": "message", "channel": channel, "text": text,
+                                 "ts": ts or self.new_ts(), "channel_type": channel_type}
+        event["event_ts"] = event["ts"]
+        if user:
+            event["user"] = user
+        for key, value in (("thread_ts", thread_ts), ("subtype", subtype), ("bot_id", bot_id)):
+            if value:
+                event[key] = value
+        return event
+
+    def slash_command_payload(
+        self, team_id: str, user_id: str, channel_id: str, command: str, text: str = "",
+    ) -> dict[str, str]:
+        """The form fields Slack POSTs for a slash command."""
+        return {
+            "token": "verification-token-unused", "team_id": team_id, "team_domain": "acme",
+            "channel_id": channel_id, "channel_name": channel_id.lower(), "user_id": user_id,
+            "user_name": user_id.lower(), "command": command, "text": text,
+            "api_app_id": APP_ID, "is_enterprise_install": "false",
+            "response_url": self.new_response_url(),
+            "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
+        }
+
+
+async def _params(request: web.Request) -> dict[str, Any]:
+    if request.content_type == "application/json":
+        return dict(await request.json())
+    return dict(parse_qsl((await request.read()).decode(), keep_blank_values=True))
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header.removeprefix("Bearer ").strip() or None if header.startswith("Bearer ") else None
+
+
+def _basic(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return None
+    user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+    return user, password
+
+
+def _json_field(value: Any) -> Any:
+    """slack_sdk sends list/dict arguments as JSON strings in form bodies."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _error_status(status: int, retry_after: int) -> web.Response:
+    if status == 429:
+        return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
+                                 headers={"Retry-After": str(retry_after)})
+    return web.json_response({"ok": False, "error": "fatal_error"}, status=status)
