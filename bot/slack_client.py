@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -31,3 +32,11 @@ def web_client(api_url: str, token: str | None = None) -> AsyncWebClient:
 def oauth_authorize_url(api_url: str) -> str:
     """``https://slack.com/api/`` → ``https://slack.com/oauth/v2/authorize`` (GovSlack alike)."""
     return api_url.rstrip("/").removesuffix("/api") + "/oauth/v2/authorize"
+
+
+def slack_error(exc: SlackApiError) -> str:
+    """Slack's ``error`` code from a failed call, or the HTTP status when the body was not JSON."""
+    data = exc.response.data
+    if isinstance(data, dict):
+        return str(data.get("error", "unknown_error"))
+    return f"http_{exc.response.status_code}"

@@ -28,6 +28,7 @@ from bot import render
 from bot.commands import not_enabled
 from bot.render import Reply
 from bot.services import Services
+from bot.slack_client import slack_error
 from bot.work import ShuttingDown
 from storage.tenancy import Tenant
 
@@ -149,7 +150,7 @@ class SlackTurns:
         try:
             await client.chat_postMessage(channel=channel, thread_ts=thread_ts, **reply.as_kwargs())
         except SlackApiError as exc:
-            log.error("post_failed", channel_id=channel, error=exc.response.get("error"))
+            log.error("post_failed", channel_id=channel, error=slack_error(exc))
 
     async def _react(self, client: AsyncWebClient, action: str, channel: str, ts: str) -> bool:
         """Add or remove the working reaction; ``False`` when Slack refused (never raises)."""
@@ -157,7 +158,7 @@ class SlackTurns:
         try:
             await method(channel=channel, timestamp=ts, name=WORKING_REACTION)
         except SlackApiError as exc:
-            log.debug("reaction_failed", action=action, error=exc.response.get("error"))
+            log.debug("reaction_failed", action=action, error=slack_error(exc))
             return False
         except Exception as exc:  # the indicator is cosmetic; its failure must not end a turn
             log.debug("reaction_failed", action=action, error=repr(exc))

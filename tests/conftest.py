@@ -7,11 +7,14 @@ JAMONO_REQUIRE_SERVICES=1 (set by .ci/run), where they fail instead.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
+import aiohttp
 import pytest
 import pytest_asyncio
+
+from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, BOT
+from tests.fakes import FakeLLM, FakeSlack
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "JAMONO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -25,12 +28,6 @@ def unavailable(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason} (JAMONO_REQUIRE_SERVICES=1)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -83,3 +80,24 @@ async def redis_url():
     yield REDIS_TEST_URL
     await client.flushdb()
     await client.aclose()
+
+
+@pytest.fixture
+async def llm():
+    async with FakeLLM(api_key="sk-test") as fake:
+        yield fake
+
+
+@pytest.fixture
+async def slack():
+    async with FakeSlack() as fake:
+        fake.add_workspace(ACME, ACME_TOKEN, BOT, "Acme")
+        fake.add_user(ACME, ALICE, "alice", "alice@acme.test", is_admin=True)
+        fake.add_user(ACME, BOB, "bob", "bob@acme.test")
+        yield fake
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session

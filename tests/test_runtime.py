@@ -16,15 +16,9 @@ from bot.services import Services
 from bot.settings import load_settings
 from storage.models import ToolCall as ToolCallRow
 from storage.tenancy import Tenant
-from tests.fakes import FakeLLM, ToolCall
+from tests.fakes import ToolCall
 
 ACME = Tenant("T0ACME")
-
-
-@pytest.fixture
-async def llm():
-    async with FakeLLM(api_key="sk-test") as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from bot.commands import CommandRequest, CommandRouter
 from bot.listeners.context import tenant_of
 from bot.render import Reply
 from bot.services import Services
+from bot.slack_client import slack_error
 from bot.work import ShuttingDown
 
 log = structlog.get_logger(__name__)
@@ -66,6 +67,6 @@ async def is_workspace_admin(client: AsyncWebClient, user_id: str) -> bool:
     try:
         user = (await client.users_info(user=user_id))["user"]
     except SlackApiError as exc:
-        log.warning("users_info_failed", user_id=user_id, error=exc.response.get("error"))
+        log.warning("users_info_failed", user_id=user_id, error=slack_error(exc))
         return False
     return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))

@@ -15,6 +15,7 @@ from bot.listeners.context import tenant_of
 from bot.render import context as context_block
 from bot.render import header, section
 from bot.services import Services
+from bot.slack_client import slack_error
 
 log = structlog.get_logger(__name__)
 
@@ -48,4 +49,4 @@ def register(app: AsyncApp, services: Services) -> None:
                 user_id=event["user"], view={"type": "home", "blocks": blocks}
             )
         except SlackApiError as exc:
-            log.warning("home_publish_failed", error=exc.response.get("error"))
+            log.warning("home_publish_failed", error=slack_error(exc))

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from slack_sdk.signature import SignatureVerifier
 
 
 def sign(signing_secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """``X-Slack-Request-Timestamp`` and ``X-Slack-Signature`` for ``body``."""
+    """``X-Slack-Request-Timestamp`` and ``X-Slack-Signature`` for ``body``.
+
+    ``v0=`` + hex HMAC-SHA256(secret, ``v0:{timestamp}:{body}``) over the raw bytes, so even
+    a body that is not UTF-8 can be signed.
+    """
     timestamp = int(time.time()) if timestamp is None else timestamp
-    signature = SignatureVerifier(signing_secret).generate_signature(
-        timestamp=str(timestamp), body=body.decode()
-    )
+    base = b"v0:" + str(timestamp).encode() + b":" + body
+    signature = "v0=" + hmac.new(signing_secret.encode(), base, hashlib.sha256).hexdigest()
     return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": signature}
 
 

@@ -81,7 +81,7 @@ class FakeSlack:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/api/{method}", self._web_api)
+        app.router.add_route("*", "/api/{method}", self._web_api)  # Slack takes GET and POST
         app.router.add_get("/socket-mode/{id}", self._socket)
         app.router.add_post("/response/{id}", self._response_url)
         app.router.add_post("/upload/{id}", self._upload)
@@ -479,9 +479,13 @@ class FakeSlack:
 
 
 async def _params(request: web.Request) -> dict[str, Any]:
+    """Arguments from the query string (slack_sdk's ``params=``) and the JSON or form body."""
+    params: dict[str, Any] = dict(request.query)
     if request.content_type == "application/json":
-        return dict(await request.json())
-    return dict(parse_qsl((await request.read()).decode(), keep_blank_values=True))
+        params.update(await request.json())
+    else:
+        params.update(parse_qsl((await request.read()).decode(), keep_blank_values=True))
+    return params
 
 
 def _bearer(request: web.Request) -> str | None:

@@ -1,0 +1,29 @@
+"""End-to-end helpers: the workspace the fake Slack knows, and starting ``jamono run``."""
+
+from __future__ import annotations
+
+from tests.fakes import FakeLLM, FakeSlack
+from tests.process import JamonoProcess, free_port
+
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+ACME, ACME_TOKEN = "T0ACME", "xoxb-acme-token"
+GLOBEX, GLOBEX_TOKEN = "T0GLOBEX", "xoxb-globex-token"
+BOT = "U0NOX"
+ALICE, BOB = "U0ALICE", "U0BOB"
+
+
+def base_settings(slack: FakeSlack, llm: FakeLLM, database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "SLACK_API_URL": slack.api_url,
+        "OPENAI_BASE_URL": llm.base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "JAMONO_MODEL": "fake-model",
+        "LOG_LEVEL": "INFO",
+    }
+
+
+async def started(settings: dict[str, str], workdir) -> JamonoProcess:
+    process = JamonoProcess(settings, workdir, free_port())
+    await process.start()
+    return process
