@@ -1,0 +1,130 @@
+"""Multi-workspace install by OAuth v2, and isolation between the installed workspaces."""
+
+from __future__ import annotations
+
+import html
+import re
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    BOT,
+    GLOBEX,
+    GLOBEX_TOKEN,
+    SIGNING_SECRET,
+    base_settings,
+    started,
+)
+from tests.fakes import post_event, post_form
+
+CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret"
+CAROL = "U0CAROL"
+
+
+@pytest.fixture
+async def jamono(slack, llm, sqlite_url, tmp_path):
+    slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+    }
+    process = await started(settings, tmp_path)
+    yield process
+    assert await process.stop() == 0, process.output
+
+
+async def install(http, jamono, slack, team_id, token, code):
+    slack.register_oauth_code(code, team_id, token, BOT)
+    async with http.get(jamono.url + "/slack/install") as response:
+        assert response.status == 200
+        page = await response.text()
+        cookie = response.headers["Set-Cookie"].split(";", 1)[0]
+    link = html.unescape(re.search(r'<a href="([^"]+)"', page).group(1))
+    authorize = urlparse(link)
+    query = parse_qs(authorize.query)
+    assert authorize.netloc == urlparse(slack.url).netloc
+    assert authorize.path == "/oauth/v2/authorize"
+    assert query["client_id"] == [CLIENT_ID]
+    assert "app_mentions:read" in query["scope"][0].split(",")
+    # Slack sends the browser back with the code and the state it was given.
+    callback = f"/slack/oauth_redirect?code={code}&state={query['state'][0]}"
+    async with http.get(jamono.url + callback, headers={"Cookie": cookie}) as response:
+        assert response.status == 200, await response.text()
+    (exchange,) = [c for c in slack.calls_to("oauth.v2.access") if c.params.get("code") == code]
+    assert exchange.headers["Authorization"].startswith("Basic ")
+
+
+async def mention(http, jamono, slack, team_id, text, ts, channel="C0SHARED", thread_ts=None):
+    event = slack.app_mention_event(ALICE, channel, f"<@{BOT}> {text}", ts=ts, thread_ts=thread_ts)
+    status, _ = await post_event(http, jamono.url + "/slack/events", SIGNING_SECRET,
+                                 slack.event_callback(team_id, event))
+    assert status == 200
+
+
+async def command(http, jamono, slack, team_id, name, text=""):
+    fields = slack.slash_command_payload(team_id, ALICE, "C0SHARED", name, text)
+    await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields)
+    url_id = fields["response_url"].rsplit("/", 1)[1]
+    await slack.wait_for_response(lambda body: any(i == url_id for i, _ in slack.responses))
+    return next(body for i, body in slack.responses if i == url_id)["text"]
+
+
+async def test_install_then_each_team_is_answered_with_its_own_token(http, jamono, slack):
+    await install(http, jamono, slack, ACME, ACME_TOKEN, "code-acme")
+    await mention(http, jamono, slack, ACME, "hello from acme", "1700000100.000100")
+    (answer,) = await slack.wait_for("chat.postMessage",
+                                     lambda p: p.get("thread_ts") == "1700000100.000100")
+    assert answer.token == ACME_TOKEN
+
+    await install(http, jamono, slack, GLOBEX, GLOBEX_TOKEN, "code-globex")
+    await mention(http, jamono, slack, GLOBEX, "hello from globex", "1700000200.000100")
+    (answer,) = await slack.wait_for("chat.postMessage",
+                                     lambda p: p.get("thread_ts") == "1700000200.000100")
+    assert answer.token == GLOBEX_TOKEN
+
+
+async def test_a_used_code_or_a_forged_state_installs_nothing(http, jamono, slack):
+    await install(http, jamono, slack, ACME, ACME_TOKEN, "code-acme")
+    async with http.get(jamono.url + "/slack/oauth_redirect?code=code-acme&state=forged") as r:
+        assert r.status >= 400
+    # Events from a workspace that never installed the app get no answer.
+    slack.add_workspace("T0NOINSTALL", "xoxb-unused", BOT)
+    await mention(http, jamono, slack, "T0NOINSTALL", "anyone?", "1700000300.000100")
+    await mention(http, jamono, slack, ACME, "sentinel", "1700000400.000100")
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == "1700000400.000100")
+    assert not [c for c in slack.calls_to("chat.postMessage")
+                if c.params.get("thread_ts") == "1700000300.000100"]
+
+
+async def test_workspaces_never_see_each_other(http, jamono, slack, llm):
+    await install(http, jamono, slack, ACME, ACME_TOKEN, "code-acme")
+    await install(http, jamono, slack, GLOBEX, GLOBEX_TOKEN, "code-globex")
+    slack.add_user(ACME, ALICE, "alice", is_admin=True)
+    slack.add_user(GLOBEX, ALICE, "alice", is_admin=True)
+    thread = "1700000500.000100"  # the same channel id and thread_ts in both workspaces
+
+    await mention(http, jamono, slack, ACME, "the launch code is alpha", thread)
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == thread)
+    await mention(http, jamono, slack, ACME, "and the backup is beta", slack.new_ts(),
+                  thread_ts=thread)
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == thread, count=2)
+    assert "ATLAS is now enabled" in await command(http, jamono, slack, ACME, "/nox-config",
+                                                   "atlas enable")
+
+    await mention(http, jamono, slack, GLOBEX, "what is the launch code?", thread)
+    answers = await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == thread,
+                                   count=3)
+    assert answers[2].token == GLOBEX_TOKEN
+    globex_request = llm.requests[-1]
+    users = [m["content"] for m in globex_request["messages"] if m["role"] == "user"]
+    assert users == ["what is the launch code?"]
+    assert "alpha" not in str(globex_request)
+
+    assert "ATLAS is not enabled" in await command(http, jamono, slack, GLOBEX, "/atlas-status")
+    globex_metrics = await command(http, jamono, slack, GLOBEX, "/nox-metrics")
+    acme_metrics = await command(http, jamono, slack, ACME, "/nox-metrics")
+    assert "Turns: 1" in globex_metrics and "Turns: 2" in acme_metrics
