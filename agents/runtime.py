@@ -16,6 +16,7 @@ from agents.memory import estimate_tokens, fit_history
 from agents.personas import Persona
 from agents.tools.registry import ToolContext, ToolError, ToolRegistry
 from storage.repositories import Repositories
+from storage.repositories.conversations import LLMCallUsage
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
@@ -54,8 +55,7 @@ class TurnOutcome:
     text: str
     status: TurnStatus
     tool_runs: list[ToolRun] = field(default_factory=list)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    usage: list[LLMCallUsage] = field(default_factory=list)  # one entry per LLM call
 
 
 class AgentRuntime:
@@ -91,13 +91,10 @@ class AgentRuntime:
             return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
         started = time.perf_counter()
         persona = request.persona
-        stored = await self.repos.conversations.recent_messages(
-            request.tenant, request.channel_id, request.thread_ts
-        )
-        history = fit_history(stored, self.context_tokens)
-        turn_id = await self.repos.conversations.start_turn(
+        turn_id, stored = await self.repos.conversations.begin_turn(
             request.tenant, request.channel_id, request.thread_ts, persona.name, request.user_id
         )
+        history = fit_history(stored, self.context_tokens)
         new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
         outcome = TurnOutcome(text="", status="ok")
 
@@ -113,6 +110,7 @@ class AgentRuntime:
                     status,
                     error,
                     round((time.perf_counter() - started) * 1000),
+                    outcome.usage,
                 )
             )
 
@@ -158,11 +156,15 @@ class AgentRuntime:
         )
         steps = 0
         while True:
-            completion = await self._complete(
-                request, turn_id, [system, *history, *new_messages], specs
+            completion = await self._complete(request, [system, *history, *new_messages], specs)
+            outcome.usage.append(
+                LLMCallUsage(
+                    completion.model,
+                    completion.prompt_tokens,
+                    completion.completion_tokens,
+                    completion.duration_ms,
+                )
             )
-            outcome.prompt_tokens += completion.prompt_tokens
-            outcome.completion_tokens += completion.completion_tokens
             new_messages.append(completion.as_chat_message())
             if not completion.tool_calls:
                 outcome.text = completion.content or "(the model returned an empty answer)"
@@ -186,27 +188,15 @@ class AgentRuntime:
         )
 
     async def _complete(
-        self,
-        request: TurnRequest,
-        turn_id: int,
-        messages: list[dict[str, Any]],
-        specs: list[dict[str, Any]],
+        self, request: TurnRequest, messages: list[dict[str, Any]], specs: list[dict[str, Any]]
     ) -> Completion:
         persona = request.persona
-        model = persona.model or self.default_model
-        completion = await self.llm.complete(
-            model=model, messages=messages, tools=specs, temperature=persona.temperature
+        return await self.llm.complete(
+            model=persona.model or self.default_model,
+            messages=messages,
+            tools=specs,
+            temperature=persona.temperature,
         )
-        await self.repos.audit.record_llm_usage(
-            request.tenant,
-            turn_id=turn_id,
-            persona=persona.name,
-            model=completion.model,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            duration_ms=completion.duration_ms,
-        )
-        return completion
 
     async def _run_tool(
         self, call: ToolCallRequest, context: ToolContext, turn_id: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
+from aiohttp import ClientSession
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
@@ -36,11 +37,12 @@ REDIRECT_PATH = "/slack/oauth_redirect"
 OAUTH_STATE_TTL = 600  # seconds an install link stays valid
 
 
-def build_app(services: Services) -> AsyncApp:
+def build_app(services: Services, session: ClientSession) -> AsyncApp:
     """Bolt ``AsyncApp`` with our listeners, event claims and error logging.
 
     With ``SLACK_CLIENT_ID``/``SLACK_CLIENT_SECRET`` tokens come from slack_sdk's SQLAlchemy
     installation store (filled by ``/slack/install``); otherwise from ``SLACK_BOT_TOKEN``.
+    Every Web API call goes through ``session`` (kept-alive connections to Slack).
     """
     settings = services.settings
     common: dict[str, Any] = {
@@ -57,7 +59,7 @@ def build_app(services: Services) -> AsyncApp:
             client_id=settings.slack_client_id, engine=services.engine
         )
         oauth_flow = AsyncOAuthFlow(
-            client=web_client(settings.slack_api_url),
+            client=web_client(settings.slack_api_url, session=session),
             settings=AsyncOAuthSettings(
                 client_id=settings.slack_client_id,
                 client_secret=settings.slack_client_secret.get_secret_value(),
@@ -72,14 +74,16 @@ def build_app(services: Services) -> AsyncApp:
             ),
         )
         app = AsyncApp(
-            client=web_client(settings.slack_api_url),
+            client=web_client(settings.slack_api_url, session=session),
             oauth_flow=oauth_flow,
             installation_store=installation_store,
             **common,
         )
     else:
         app = AsyncApp(
-            client=web_client(settings.slack_api_url, settings.slack_bot_token.get_secret_value()),
+            client=web_client(
+                settings.slack_api_url, settings.slack_bot_token.get_secret_value(), session
+            ),
             **common,
         )
     app.use(_claim_events(services))

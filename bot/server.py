@@ -14,6 +14,7 @@ import time
 from contextlib import suppress
 from urllib.parse import parse_qs
 
+import aiohttp
 import structlog
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -37,7 +38,11 @@ class Server:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
-        self.bolt: AsyncApp | None = build_app(services) if self.settings.slack_configured else None
+        # One connection pool to Slack for the whole process (created in the running loop).
+        self.slack_http = aiohttp.ClientSession()
+        self.bolt: AsyncApp | None = (
+            build_app(services, self.slack_http) if self.settings.slack_configured else None
+        )
         self.socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._auth: tuple[float, str] | None = None
@@ -70,7 +75,7 @@ class Server:
             self.socket = AsyncSocketModeHandler(
                 self.bolt,
                 self.settings.slack_app_token.get_secret_value(),
-                web_client=web_client(self.settings.slack_api_url),
+                web_client=web_client(self.settings.slack_api_url, session=self.slack_http),
             )
             await self.socket.connect_async()
             log.info("socket_mode_connected")
@@ -91,6 +96,7 @@ class Server:
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.slack_http.close()
         log.info("stopped", cancelled_turns=cancelled)
 
     async def _prune_claims(self) -> None:

@@ -122,15 +122,11 @@ class SlackTurns:
             outcome = await self.services.runtime.run(request)
             reply = _signed(request.persona, render.answer(outcome))
         except asyncio.CancelledError:
+            interrupted = Reply(
+                "I was interrupted by a restart before I could answer; please ask again."
+            )
             await asyncio.shield(
-                self._post(
-                    client,
-                    channel,
-                    reply_thread,
-                    Reply(
-                        "I was interrupted by a restart before I could answer; please ask again."
-                    ),
-                )
+                self._finish(client, reply_thread, interrupted, indicator, channel, message_ts)
             )
             raise
         except Exception:
@@ -139,10 +135,21 @@ class SlackTurns:
                 "Sorry, something went wrong on my side and I could not answer. "
                 f"Please try again; `/{request.persona.command_prefix}-status` shows my health."
             )
-        finally:
-            if await indicator:
-                await self._react(client, "remove", channel, message_ts)
+        await self._finish(client, reply_thread, reply, indicator, channel, message_ts)
+
+    async def _finish(
+        self,
+        client: AsyncWebClient,
+        reply_thread: str | None,
+        reply: Reply,
+        indicator: asyncio.Task[bool],
+        channel: str,
+        message_ts: str,
+    ) -> None:
+        """Post the reply, then take the indicator down: the person waits for the answer."""
         await self._post(client, channel, reply_thread, reply)
+        if await indicator:
+            await self._react(client, "remove", channel, message_ts)
 
     async def _post(
         self, client: AsyncWebClient, channel: str, thread_ts: str | None, reply: Reply

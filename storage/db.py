@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -36,10 +37,22 @@ def async_url(database_url: str) -> URL:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine. SQLite files get WAL and a busy timeout: concurrent writers wait."""
+    """An async engine. SQLite files get WAL and a busy timeout: concurrent writers wait.
+
+    A process uses one SQLite connection: SQLite takes one writer at a time anyway, and
+    queueing for the pool's connection is FIFO, where concurrent connections would meet
+    SQLite's busy handler (sleeps of up to 100 ms) or fail a read-then-write transaction
+    with ``SQLITE_BUSY``. Other processes on the same file still wait up to 30 s.
+    """
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            poolclass=AsyncAdaptedQueuePool,
+            pool_size=1,
+            max_overflow=0,
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - driver callback

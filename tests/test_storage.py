@@ -16,6 +16,7 @@ from storage import migrate
 from storage.db import create_engine, session_factory
 from storage.models import Base
 from storage.repositories import Repositories
+from storage.repositories.conversations import LLMCallUsage
 from storage.tenancy import Tenant
 
 ACME = Tenant(team_id="T0ACME")
@@ -99,7 +100,8 @@ async def test_slack_sdk_stores_work_on_migrated_tables(engine):
 
 
 async def test_conversation_history_is_per_tenant_and_thread(repos):
-    turn = await repos.conversations.start_turn(ACME, "C1", "100.1", "nox", "U1")
+    turn, history = await repos.conversations.begin_turn(ACME, "C1", "100.1", "nox", "U1")
+    assert history == []
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     await repos.conversations.finish_turn(ACME, turn, messages, [5, 6], "ok", None, 12)
 
@@ -114,12 +116,13 @@ async def test_conversation_history_is_per_tenant_and_thread(repos):
         await repos.conversations.finish_turn(GLOBEX, turn, [], [], "ok", None, 1)
 
 
-async def test_start_turn_reuses_the_conversation(repos):
-    first = await repos.conversations.start_turn(ACME, "C1", "100.1", "nox", "U1")
-    second = await repos.conversations.start_turn(ACME, "C1", "100.1", "nox", "U2")
+async def test_begin_turn_reuses_the_conversation(repos):
+    first, _ = await repos.conversations.begin_turn(ACME, "C1", "100.1", "nox", "U1")
     await repos.conversations.finish_turn(
         ACME, first, [{"role": "user", "content": "a"}], [1], "ok", None, 1
     )
+    second, history = await repos.conversations.begin_turn(ACME, "C1", "100.1", "nox", "U2")
+    assert [m.content for m in history] == ["a"]  # the new turn sees the earlier one
     await repos.conversations.finish_turn(
         ACME, second, [{"role": "user", "content": "b"}], [1], "ok", None, 1
     )
@@ -129,9 +132,11 @@ async def test_start_turn_reuses_the_conversation(repos):
 
 
 async def test_metrics_count_only_the_tenant_and_period(repos):
-    turn = await repos.conversations.start_turn(ACME, "C1", "1.1", "nox", "U1")
-    await repos.conversations.finish_turn(ACME, turn, [], [], "ok", None, 5)
-    failed = await repos.conversations.start_turn(ACME, "C1", "2.2", "nox", "U1")
+    turn, _ = await repos.conversations.begin_turn(ACME, "C1", "1.1", "nox", "U1")
+    await repos.conversations.finish_turn(
+        ACME, turn, [], [], "ok", None, 5, [LLMCallUsage("m", 100, 20, 3)]
+    )
+    failed, _ = await repos.conversations.begin_turn(ACME, "C1", "2.2", "nox", "U1")
     await repos.conversations.finish_turn(ACME, failed, [], [], "error", "model down", 5)
     for status in ("ok", "ok", "timeout"):
         await repos.audit.record_tool_call(
@@ -145,24 +150,9 @@ async def test_metrics_count_only_the_tenant_and_period(repos):
             status=status,
             duration_ms=1,
         )
-    await repos.audit.record_llm_usage(
-        ACME,
-        turn_id=turn,
-        persona="nox",
-        model="m",
-        prompt_tokens=100,
-        completion_tokens=20,
-        duration_ms=3,
-    )
-    other = await repos.conversations.start_turn(GLOBEX, "C9", "9.9", "nox", "U9")
-    await repos.audit.record_llm_usage(
-        GLOBEX,
-        turn_id=other,
-        persona="nox",
-        model="m",
-        prompt_tokens=999,
-        completion_tokens=999,
-        duration_ms=3,
+    other, _ = await repos.conversations.begin_turn(GLOBEX, "C9", "9.9", "nox", "U9")
+    await repos.conversations.finish_turn(
+        GLOBEX, other, [], [], "ok", None, 5, [LLMCallUsage("m", 999, 999, 3)]
     )
 
     figures = await repos.metrics.usage_since(ACME, datetime.now(UTC) - timedelta(days=1))

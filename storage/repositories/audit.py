@@ -1,4 +1,4 @@
-"""The audit trail: every tool call and every LLM call's token usage."""
+"""The audit trail of tool calls (LLM token usage is stored with its turn)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import LLMUsage, ToolCall
+from storage.models import ToolCall
 from storage.tenancy import Tenant
 
 
@@ -39,31 +39,6 @@ class AuditRepository:
                     arguments=arguments,
                     result_summary=result_summary,
                     status=status,
-                    duration_ms=duration_ms,
-                )
-            )
-
-    async def record_llm_usage(
-        self,
-        tenant: Tenant,
-        *,
-        turn_id: int | None,
-        persona: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        duration_ms: int,
-    ) -> None:
-        """Token counts as the endpoint reported them in ``usage``; duration in milliseconds."""
-        async with self._sessions.begin() as session:
-            session.add(
-                LLMUsage(
-                    tenant_id=tenant.id,
-                    turn_id=turn_id,
-                    persona=persona,
-                    model=model,
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
                     duration_ms=duration_ms,
                 )
             )

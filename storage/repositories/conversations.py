@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import Conversation, Message, Turn, utcnow
+from storage.models import Conversation, LLMUsage, Message, Turn, utcnow
 from storage.tenancy import Tenant
+
+
+@dataclass(frozen=True, slots=True)
+class LLMCallUsage:
+    """Token usage of one Chat Completions call as the endpoint reported it in ``usage``."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    duration_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +54,8 @@ class ConversationRepository:
         self, tenant: Tenant, channel_id: str, thread_ts: str, limit: int = 400
     ) -> list[StoredMessage]:
         """The newest ``limit`` messages of a conversation, oldest first (empty when none)."""
-        query = (
-            select(Message)
-            .join(Conversation, Message.conversation_id == Conversation.id)
-            .where(
-                Conversation.tenant_id == tenant.id,
-                Conversation.channel_id == channel_id,
-                Conversation.thread_ts == thread_ts,
-            )
-            .order_by(Message.id.desc())
-            .limit(limit)
-        )
         async with self._sessions() as session:
-            rows = (await session.scalars(query)).all()
-        return [
-            StoredMessage(m.turn_id, m.role, m.content, m.tool_calls, m.tool_call_id, m.tokens)
-            for m in reversed(rows)
-        ]
+            return await _recent(session, tenant, channel_id, thread_ts, limit)
 
     async def latest_thread(
         self, tenant: Tenant, channel_id: str, prefix: str
@@ -85,24 +81,37 @@ class ConversationRepository:
         updated = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
         return row[0], updated
 
-    async def start_turn(
-        self, tenant: Tenant, channel_id: str, thread_ts: str, persona: str, user_id: str
-    ) -> int:
-        """Create the conversation if new, open a turn in it and return the turn id."""
+    async def begin_turn(
+        self,
+        tenant: Tenant,
+        channel_id: str,
+        thread_ts: str,
+        persona: str,
+        user_id: str,
+        history_limit: int = 400,
+    ) -> tuple[int, list[StoredMessage]]:
+        """Open a turn (creating the conversation if new) in one transaction.
+
+        Returns the new turn's id and the conversation's newest ``history_limit`` messages
+        from before it, oldest first.
+        """
         async with self._sessions.begin() as session:
+            history = await _recent(session, tenant, channel_id, thread_ts, history_limit)
             conversation_id = await _upsert_conversation(
                 session, tenant, channel_id, thread_ts, persona
             )
-            turn = Turn(
-                tenant_id=tenant.id,
-                conversation_id=conversation_id,
-                persona=persona,
-                user_id=user_id,
-                status="running",
+            turn_id = await session.scalar(
+                insert(Turn)
+                .values(
+                    tenant_id=tenant.id,
+                    conversation_id=conversation_id,
+                    persona=persona,
+                    user_id=user_id,
+                    status="running",
+                )
+                .returning(Turn.id)
             )
-            session.add(turn)
-            await session.flush()
-            return turn.id
+            return turn_id, history
 
     async def finish_turn(
         self,
@@ -113,60 +122,113 @@ class ConversationRepository:
         status: str,
         error: str | None,
         duration_ms: int,
+        usage: Sequence[LLMCallUsage] = (),
     ) -> None:
-        """Store the turn's messages (chat-completion dicts, a token estimate each) and outcome.
+        """Store the turn's messages (chat-completion dicts, a token estimate each), outcome
+        and the token usage of each of its LLM calls, in one transaction.
 
         ``status`` is ``ok``, ``max_steps``, ``error`` or ``interrupted``.
+
+        Raises:
+            LookupError: the turn does not belong to ``tenant``.
         """
+        # Core statements, not ORM objects: this runs once per turn on the hot path.
         async with self._sessions.begin() as session:
-            turn = await session.scalar(
-                select(Turn).where(Turn.id == turn_id, Turn.tenant_id == tenant.id)
-            )
+            turn = (
+                await session.execute(
+                    update(Turn)
+                    .where(Turn.id == turn_id, Turn.tenant_id == tenant.id)
+                    .values(status=status, error=error, duration_ms=duration_ms)
+                    .returning(Turn.conversation_id, Turn.persona)
+                )
+            ).first()
             if turn is None:
                 raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
-            turn.status, turn.error, turn.duration_ms = status, error, duration_ms
-            session.add_all(
-                Message(
-                    conversation_id=turn.conversation_id,
-                    turn_id=turn_id,
-                    role=message["role"],
-                    content=message.get("content"),
-                    tool_calls=message.get("tool_calls"),
-                    tool_call_id=message.get("tool_call_id"),
-                    tokens=count,
+            conversation_id, persona = turn
+            if messages:
+                await session.execute(
+                    insert(Message),
+                    [
+                        {
+                            "conversation_id": conversation_id,
+                            "turn_id": turn_id,
+                            "role": message["role"],
+                            "content": message.get("content"),
+                            "tool_calls": message.get("tool_calls"),
+                            "tool_call_id": message.get("tool_call_id"),
+                            "tokens": count,
+                        }
+                        for message, count in zip(messages, tokens, strict=True)
+                    ],
                 )
-                for message, count in zip(messages, tokens, strict=True)
-            )
+            if usage:
+                await session.execute(
+                    insert(LLMUsage),
+                    [
+                        {
+                            "tenant_id": tenant.id,
+                            "turn_id": turn_id,
+                            "persona": persona,
+                            "model": call.model,
+                            "prompt_tokens": call.prompt_tokens,
+                            "completion_tokens": call.completion_tokens,
+                            "duration_ms": call.duration_ms,
+                        }
+                        for call in usage
+                    ],
+                )
             await session.execute(
                 update(Conversation)
-                .where(Conversation.id == turn.conversation_id)
+                .where(Conversation.id == conversation_id)
                 .values(updated_at=utcnow())
             )
+
+
+async def _recent(
+    session: AsyncSession, tenant: Tenant, channel_id: str, thread_ts: str, limit: int
+) -> list[StoredMessage]:
+    query = (
+        select(
+            Message.turn_id,
+            Message.role,
+            Message.content,
+            Message.tool_calls,
+            Message.tool_call_id,
+            Message.tokens,
+        )
+        .join(Conversation, Message.conversation_id == Conversation.id)
+        .where(
+            Conversation.tenant_id == tenant.id,
+            Conversation.channel_id == channel_id,
+            Conversation.thread_ts == thread_ts,
+        )
+        .order_by(Message.id.desc())
+        .limit(limit)
+    )
+    rows = (await session.execute(query)).all()
+    return [StoredMessage(*row) for row in reversed(rows)]
 
 
 async def _upsert_conversation(
     session: AsyncSession, tenant: Tenant, channel_id: str, thread_ts: str, persona: str
 ) -> int:
-    """Insert-or-get in one statement, so two replicas starting the same thread cannot collide."""
+    """Insert-or-touch in one statement, so two replicas starting one thread cannot collide.
+
+    Returns the conversation's id; an existing conversation gets a fresh ``updated_at``.
+    """
     dialect = session.bind.dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = (
-        insert(Conversation)
-        .values(
-            tenant_id=tenant.id,
-            channel_id=channel_id,
-            thread_ts=thread_ts,
-            persona=persona,
-            created_at=utcnow(),
-            updated_at=utcnow(),
-        )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "channel_id", "thread_ts"])
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    now = utcnow()
+    statement = upsert(Conversation).values(
+        tenant_id=tenant.id,
+        channel_id=channel_id,
+        thread_ts=thread_ts,
+        persona=persona,
+        created_at=now,
+        updated_at=now,
     )
-    await session.execute(statement)
-    return await session.scalar(
-        select(Conversation.id).where(
-            Conversation.tenant_id == tenant.id,
-            Conversation.channel_id == channel_id,
-            Conversation.thread_ts == thread_ts,
-        )
-    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant_id", "channel_id", "thread_ts"],
+        set_={"updated_at": statement.excluded.updated_at},
+    ).returning(Conversation.id)
+    return await session.scalar(statement)

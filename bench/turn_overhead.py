@@ -1,0 +1,166 @@
+"""Turn overhead: what Jamono adds between Slack's event and the answer, against a floor.
+
+500 signed ``app_mention`` events, 20 in flight, are POSTed to the real ``jamono run``
+process (HTTP mode, SQLite, the fake OpenAI server answering at once), then to a minimal Bolt
+app that only posts "ok" (``bench/floor_app.py``, the floor). Both talk to the same fake
+Slack. Printed per target, in milliseconds:
+
+* ack: from sending the POST to its HTTP response (Slack wants it within 3 s);
+* answer: from sending the POST to the fake Slack receiving ``chat.postMessage`` in the thread.
+
+Targets (issue 2): Jamono's ack p99 under 100 ms; its answer p50 within 2x the floor's.
+Run with ``make bench`` or ``.venv/bin/python bench/turn_overhead.py [--events N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.e2e import ACME, ACME_TOKEN, ALICE, BOT, SIGNING_SECRET  # noqa: E402
+from tests.fakes import FakeLLM, FakeSlack, post_event  # noqa: E402
+from tests.process import JamonoProcess, free_port  # noqa: E402
+
+WARMUP = 20
+
+
+async def drive(url: str, slack: FakeSlack, events: int, in_flight: int, channel: str):
+    """POST ``events`` mentions; returns (ack latencies, answer latencies) in milliseconds."""
+    acks: list[float] = []
+    sent: dict[str, float] = {}
+    gate = asyncio.Semaphore(in_flight)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=in_flight)
+    ) as http:
+
+        async def one(i: int) -> None:
+            event = slack.app_mention_event(ALICE, channel, f"<@{BOT}> ping {i}")
+            body = slack.event_callback(ACME, event)
+            async with gate:
+                started = time.monotonic()
+                sent[event["ts"]] = started
+                status, _ = await post_event(http, url, SIGNING_SECRET, body)
+                acks.append((time.monotonic() - started) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"event {i} got HTTP {status}")
+                # The answer arrives after the ack; keeping the slot until then holds the
+                # number of turns in flight at ``in_flight``.
+                await slack.wait_for(
+                    "chat.postMessage", lambda p, ts=event["ts"]: p.get("thread_ts") == ts,
+                    timeout=60,
+                )
+
+        await asyncio.gather(*(one(i) for i in range(events)))
+    answers = [
+        (call.at - sent[call.params["thread_ts"]]) * 1000
+        for call in slack.calls_to("chat.postMessage")
+        if call.params.get("thread_ts") in sent
+    ]
+    return acks, answers
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 \
+        else values[0]
+
+
+async def measure(name: str, start, events: int, in_flight: int) -> dict[str, float]:
+    async with FakeSlack() as slack:
+        slack.add_workspace(ACME, ACME_TOKEN, BOT, "Acme")
+        slack.add_user(ACME, ALICE, "alice", "alice@acme.test")
+        stop, url = await start(slack)
+        try:
+            await drive(url, slack, WARMUP, in_flight, "C0WARM")
+            slack.calls.clear()
+            acks, answers = await drive(url, slack, events, in_flight, "C0BENCH")
+        finally:
+            await stop()
+    if len(answers) != events:
+        raise RuntimeError(f"{name}: {len(answers)} answers for {events} events")
+    return {
+        "ack_p50": percentile(acks, 50), "ack_p99": percentile(acks, 99),
+        "answer_p50": percentile(answers, 50), "answer_p99": percentile(answers, 99),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--in-flight", type=int, default=20)
+    args = parser.parse_args()
+
+    async with FakeLLM() as llm:
+        llm.script = lambda request: "ok"
+        with tempfile.TemporaryDirectory() as workdir:
+
+            async def jamono(slack: FakeSlack):
+                process = JamonoProcess(
+                    {
+                        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench.db",
+                        "SLACK_API_URL": slack.api_url,
+                        "SLACK_BOT_TOKEN": ACME_TOKEN,
+                        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                        "OPENAI_BASE_URL": llm.base_url,
+                        "OPENAI_API_KEY": "sk-bench",
+                        "JAMONO_MODEL": "fake-model",
+                        "LOG_LEVEL": "WARNING",
+                    },
+                    Path(workdir),
+                    free_port(),
+                )
+                await process.start()
+
+                async def stop() -> None:
+                    await process.stop()
+
+                return stop, process.url + "/slack/events"
+
+            async def floor(slack: FakeSlack):
+                port = free_port()
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, str(ROOT / "bench" / "floor_app.py"), str(port),
+                    slack.api_url, ACME_TOKEN, SIGNING_SECRET,
+                )
+                url = f"http://127.0.0.1:{port}/slack/events"
+                async with aiohttp.ClientSession() as http:
+                    for _ in range(100):
+                        try:
+                            async with http.post(url, data=b"{}"):
+                                break
+                        except aiohttp.ClientError:
+                            await asyncio.sleep(0.1)
+
+                async def stop() -> None:
+                    process.terminate()
+                    await process.wait()
+
+                return stop, url
+
+            results = {
+                "jamono": await measure("jamono", jamono, args.events, args.in_flight),
+                "floor": await measure("floor", floor, args.events, args.in_flight),
+            }
+
+    print(f"{args.events} signed mentions, {args.in_flight} in flight, latencies in ms")
+    print(f"{'target':<8} {'ack p50':>9} {'ack p99':>9} {'answer p50':>11} {'answer p99':>11}")
+    for name, r in results.items():
+        print(f"{name:<8} {r['ack_p50']:>9.1f} {r['ack_p99']:>9.1f} "
+              f"{r['answer_p50']:>11.1f} {r['answer_p99']:>11.1f}")
+    ratio = results["jamono"]["answer_p50"] / results["floor"]["answer_p50"]
+    ack_ok = results["jamono"]["ack_p99"] < 100
+    print(f"jamono ack p99 < 100 ms: {'yes' if ack_ok else 'NO'}; "
+          f"answer p50 = {ratio:.2f}x the floor (target <= 2x: {'yes' if ratio <= 2 else 'NO'})")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
