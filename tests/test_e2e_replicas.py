@@ -1,0 +1,46 @@
+"""Two ``jamono run`` replicas behind one Slack app share the event claims through Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from tests.e2e import ACME, ACME_TOKEN, ALICE, BOT, SIGNING_SECRET, base_settings, started
+from tests.fakes import post_event
+
+
+async def test_an_event_delivered_to_two_replicas_is_answered_once(
+    http, slack, llm, sqlite_url, redis_url, tmp_path
+):
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "REDIS_URL": redis_url,
+    }
+    first = await started(settings, tmp_path)
+    second = await started(settings, tmp_path)
+    try:
+        for n in range(5):
+            event = slack.app_mention_event(ALICE, "C0OPS", f"<@{BOT}> question {n}")
+            body = slack.event_callback(ACME, event)
+            statuses = await asyncio.gather(
+                post_event(http, first.url + "/slack/events", SIGNING_SECRET, body),
+                post_event(http, second.url + "/slack/events", SIGNING_SECRET, body,
+                           retry_num=1, retry_reason="http_timeout"),
+            )
+            assert [s for s, _ in statuses] == [200, 200]
+            await slack.wait_for("chat.postMessage", lambda p, ts=event["ts"]:
+                                 p.get("thread_ts") == ts)
+            redis = Redis.from_url(redis_url)
+            try:
+                assert await redis.exists(f"jamono:claim:event:{body['event_id']}")
+                assert 0 < await redis.ttl(f"jamono:claim:event:{body['event_id']}") <= 3600
+            finally:
+                await redis.aclose()
+        assert len(slack.calls_to("chat.postMessage")) == 5
+        assert len(llm.requests) == 5
+        assert first.count("duplicate_event_dropped") + second.count("duplicate_event_dropped") \
+            == 5
+    finally:
+        assert await first.stop() == 0
+        assert await second.stop() == 0
