@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Update, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import ApprovalRequest, utcnow
@@ -301,7 +301,7 @@ def _now(now: datetime | None) -> datetime:
     return utcnow() if now is None else to_utc(now)
 
 
-def _update(tenant: Tenant, request_id: str, state: State | None = None):
+def _update(tenant: Tenant, request_id: str, state: State | None = None) -> Update:
     """``UPDATE approval_requests`` of one tenant's request, guarded by ``state`` when given."""
     statement = (
         update(ApprovalRequest)

@@ -5,7 +5,8 @@ The rule, exactly (:meth:`ActionPolicy.check`):
 1. Action zones are per persona. A persona with no zone in the workspace may use its tools in
    any channel. A persona with at least one zone may use tools only in its zone channels, and
    there only the zone's tools (a zone without a tool list allows every tool). Zones govern
-   every tool, read or write.
+   every tool, read or write. A direct message is a channel too (``D…`` id): a zoned persona
+   uses no tools in DMs unless a DM channel is one of its zones.
 2. Read tools never need approval. A write tool needs approval unless a tool policy
    auto-approves it: the policy for that tool in that channel wins over the tool's
    workspace-wide policy (so "auto-approve everywhere but #prod" is two rows); no policy means
