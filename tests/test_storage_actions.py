@@ -110,6 +110,21 @@ async def test_credentials_replace_list_and_delete(repos):
         await repos.credentials.save(ACME, "github", {}, None, url="https://x")
 
 
+async def test_concurrent_saves_leave_one_row(repos):
+    await asyncio.gather(
+        *(
+            repos.credentials.save(
+                ACME, "jira", JIRA | {"api_token": f"t{n}"}, f"U{n}", url=JIRA["url"]
+            )
+            for n in range(10)
+        )
+    )
+    [info] = await repos.credentials.configured(ACME)
+    token = (await repos.credentials.load(ACME, "jira"))["api_token"]
+    assert token == f"t{info.updated_by[1:]}"  # the settings and the author of the same save
+    assert len(await repos.events.recent(ACME, kind="credentials_saved")) == 10
+
+
 async def test_rotation_moves_every_row_to_the_newest_key(engine):
     sessions = session_factory(engine)
     old = Repositories.over(sessions, SecretBox([KEY]))

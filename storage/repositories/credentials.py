@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import Credential
+from storage.models import Credential, utcnow
 from storage.repositories import events
 from storage.repositories._time import aware
 from storage.secrets import SecretBox, SecretsError, UndecryptableSecret
@@ -72,12 +74,17 @@ class CredentialRepository:
         """
         _check_kind(kind)
         token = self._box().encrypt(json.dumps(settings, sort_keys=True))
+        values = {"secret": token, "url": url, "account": account, "updated_by": actor}
         async with self._sessions.begin() as session:
-            row = await session.get(Credential, (tenant.id, kind))
-            if row is None:
-                row = Credential(tenant_id=tenant.id, kind=kind)
-                session.add(row)
-            row.secret, row.url, row.account, row.updated_by = token, url, account, actor
+            # One upsert statement: two admins saving at once cannot collide on the insert.
+            insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+            await session.execute(
+                insert(Credential)
+                .values(tenant_id=tenant.id, kind=kind, updated_at=utcnow(), **values)
+                .on_conflict_do_update(
+                    index_elements=["tenant_id", "kind"], set_=values | {"updated_at": utcnow()}
+                )
+            )
             events.append(
                 session,
                 tenant,
