@@ -164,3 +164,107 @@ class EventClaim(Base):
 
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     claimed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Credential(Base):
+    """A workspace's connection settings for one integration, encrypted (see storage.secrets).
+
+    ``secret`` is a Fernet token of the settings as JSON; ``url`` and ``account`` (email or
+    username) are kept in clear only for display in ``/nox-status`` and the settings modal.
+    """
+
+    __tablename__ = "credentials"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # jira | caldav
+    secret: Mapped[str] = mapped_column(Text)
+    url: Mapped[str] = mapped_column(String(500))
+    account: Mapped[str | None] = mapped_column(String(200))
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApprovalRequest(Base):
+    """A write action waiting for (or past) a human decision in Slack.
+
+    ``state``: pending → approved → executing → executed | failed, pending → rejected,
+    pending → expired. Only guarded updates in storage.repositories.approvals change it.
+    """
+
+    __tablename__ = "approval_requests"
+    __table_args__ = (
+        Index("ix_approval_requests_tenant_state", "tenant_id", "state"),
+        Index("ix_approval_requests_state_expires", "state", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    persona: Mapped[str] = mapped_column(String(32))
+    requested_by: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    tool_call_id: Mapped[str | None] = mapped_column(String(64))
+    tool: Mapped[str] = mapped_column(String(64))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    risk: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime]
+    decided_by: Mapped[str | None] = mapped_column(String(32))
+    decided_at: Mapped[datetime | None]
+    result_summary: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ToolPolicy(Base):
+    """Whether a write tool runs without approval, workspace-wide (``channel_id`` "*") or in one
+    channel."""
+
+    __tablename__ = "tool_policies"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tool: Mapped[str] = mapped_column(String(64), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    auto_approve: Mapped[bool] = mapped_column(Boolean)
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ActionZone(Base):
+    """A channel where a persona may use tools; ``tools`` lists which (``None``: all of them)."""
+
+    __tablename__ = "action_zones"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    persona: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tools: Mapped[list[str] | None] = mapped_column(JSON)
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ApprovalSettings(Base):
+    """Who may approve a workspace's requests: ``requester_or_admin`` or ``admins_only``."""
+
+    __tablename__ = "approval_settings"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    approvers: Mapped[str] = mapped_column(String(32), default="requester_or_admin")
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AuditEvent(Base):
+    """One entry of the append-only audit trail of approvals, actions and credential changes."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str | None] = mapped_column(String(32))  # Slack user id; None for the system
+    subject: Mapped[str | None] = mapped_column(String(64))  # e.g. an approval request id
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

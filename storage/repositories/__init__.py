@@ -9,11 +9,16 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from storage.repositories.approvals import ApprovalRepository
 from storage.repositories.audit import AuditRepository
 from storage.repositories.claims import ClaimRepository
 from storage.repositories.config import ConfigRepository
 from storage.repositories.conversations import ConversationRepository
+from storage.repositories.credentials import CredentialRepository
+from storage.repositories.events import EventRepository
 from storage.repositories.metrics import MetricsRepository
+from storage.repositories.policy import PolicyRepository
+from storage.secrets import SecretBox
 
 
 @dataclass(frozen=True)
@@ -23,13 +28,24 @@ class Repositories:
     config: ConfigRepository
     metrics: MetricsRepository
     claims: ClaimRepository
+    credentials: CredentialRepository
+    approvals: ApprovalRepository
+    policy: PolicyRepository
+    events: EventRepository
 
     @classmethod
-    def over(cls, sessions: async_sessionmaker[AsyncSession]) -> Repositories:
+    def over(
+        cls, sessions: async_sessionmaker[AsyncSession], secrets: SecretBox | None = None
+    ) -> Repositories:
+        """``secrets`` opens stored credentials; without it they can be listed, not read."""
         return cls(
             conversations=ConversationRepository(sessions),
             audit=AuditRepository(sessions),
             config=ConfigRepository(sessions),
             metrics=MetricsRepository(sessions),
             claims=ClaimRepository(sessions),
+            credentials=CredentialRepository(sessions, secrets),
+            approvals=ApprovalRepository(sessions),
+            policy=PolicyRepository(sessions),
+            events=EventRepository(sessions),
         )

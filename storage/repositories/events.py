@@ -1,0 +1,105 @@
+"""The append-only audit trail of approvals, actions and credential changes, per tenant.
+
+Repositories that change approvals or credentials append their event in the same transaction
+(:func:`append`), so a recorded change always has its event and a lost race never does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.models import AuditEvent
+from storage.repositories._time import aware
+from storage.tenancy import Tenant
+
+# The kinds this package records itself; callers may record others (at most 32 characters).
+APPROVAL_REQUESTED = "approval_requested"
+APPROVAL_DECIDED = "approval_decided"
+APPROVAL_EXPIRED = "approval_expired"
+ACTION_EXECUTED = "action_executed"
+CREDENTIALS_SAVED = "credentials_saved"
+CREDENTIALS_DELETED = "credentials_deleted"
+CREDENTIALS_ROTATED = "credentials_rotated"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit entry; ``actor`` is a Slack user id or ``None`` for Jamono itself."""
+
+    id: int
+    kind: str
+    actor: str | None
+    subject: str | None
+    details: dict[str, Any]
+    created_at: datetime  # aware UTC
+
+
+def append(
+    session: AsyncSession,
+    tenant: Tenant,
+    kind: str,
+    *,
+    actor: str | None,
+    subject: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Add an event to ``session``'s transaction (it is written when that commits).
+
+    Raises:
+        ValueError: ``kind`` is empty or longer than 32 characters.
+    """
+    if not kind or len(kind) > 32:
+        raise ValueError(f"an audit event kind has 1 to 32 characters, not {kind!r}")
+    session.add(
+        AuditEvent(
+            tenant_id=tenant.id, kind=kind, actor=actor, subject=subject, details=details or {}
+        )
+    )
+
+
+class EventRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def record(
+        self,
+        tenant: Tenant,
+        kind: str,
+        *,
+        actor: str | None,
+        subject: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one event. ``details`` is JSON; never put secrets in it.
+
+        Raises:
+            ValueError: ``kind`` is empty or longer than 32 characters.
+        """
+        async with self._sessions.begin() as session:
+            append(session, tenant, kind, actor=actor, subject=subject, details=details)
+
+    async def recent(
+        self,
+        tenant: Tenant,
+        *,
+        limit: int = 50,
+        kind: str | None = None,
+        subject: str | None = None,
+    ) -> list[Event]:
+        """The tenant's newest ``limit`` events, newest first, optionally of one kind or subject."""
+        query = select(AuditEvent).where(AuditEvent.tenant_id == tenant.id)
+        if kind is not None:
+            query = query.where(AuditEvent.kind == kind)
+        if subject is not None:
+            query = query.where(AuditEvent.subject == subject)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))).all()
+        return [
+            Event(row.id, row.kind, row.actor, row.subject, row.details, aware(row.created_at))
+            for row in rows
+        ]
