@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -13,6 +13,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import Conversation, LLMUsage, Message, Turn, utcnow
+from storage.repositories._time import aware
 from storage.tenancy import Tenant
 
 
@@ -78,8 +79,7 @@ class ConversationRepository:
             row = (await session.execute(query)).first()
         if row is None:
             return None
-        updated = row[1] if row[1].tzinfo else row[1].replace(tzinfo=UTC)
-        return row[0], updated
+        return row[0], aware(row[1])
 
     async def begin_turn(
         self,

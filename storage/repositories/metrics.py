@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import LLMUsage, ToolCall, Turn
+from storage.repositories._time import aware
 from storage.tenancy import Tenant
 
 FAILED_TURN = ("error", "interrupted")
@@ -95,12 +96,7 @@ class MetricsRepository:
             tool = (await session.execute(tool_q.order_by(ToolCall.id.desc()).limit(1))).first()
         candidates = []
         if turn:
-            candidates.append(LastError(_aware(turn[0]), "turn", turn[1] or "failed"))
+            candidates.append(LastError(aware(turn[0]), "turn", turn[1] or "failed"))
         if tool:
-            candidates.append(LastError(_aware(tool[0]), tool[1], tool[2]))
+            candidates.append(LastError(aware(tool[0]), tool[1], tool[2]))
         return max(candidates, key=lambda e: e.at, default=None)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands timestamps back naive; they were written in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
