@@ -145,15 +145,60 @@ async def test_search_limit_and_more(fake, client):
     assert found.more is False
 
 
-async def test_old_search_endpoint_is_gone_on_cloud():
+def auth_header(fake: FakeJira) -> dict[str, str]:
+    if fake.flavour == "datacenter":
+        return {"Authorization": f"Bearer {fake.pat}"}
+    basic = base64.b64encode(f"{fake.email}:{fake.api_token}".encode()).decode()
+    return {"Authorization": f"Basic {basic}"}
+
+
+async def test_the_fake_pages_like_cloud():
+    async with FakeJira("cloud") as fake, aiohttp.ClientSession(
+            headers=auth_header(fake)) as http:
+        async with http.get(fake.url + "/rest/api/2/search",
+                            params={"jql": "project = OPS"}) as response:
+            assert response.status == 410  # Cloud removed the old search
+            assert (await response.json())["errorMessages"]
+        body = {"jql": "project = OPS", "maxResults": 2, "fields": ["summary"]}
+        async with http.post(fake.url + "/rest/api/2/search/jql", json=body) as response:
+            first = await response.json()
+        assert [i["key"] for i in first["issues"]] == ["OPS-3", "OPS-2"]
+        assert list(first["issues"][0]["fields"]) == ["summary"]
+        assert first["isLast"] is False and "total" not in first
+        body["nextPageToken"] = first["nextPageToken"]
+        async with http.post(fake.url + "/rest/api/2/search/jql", json=body) as response:
+            second = await response.json()
+        assert [i["key"] for i in second["issues"]] == ["OPS-1"]
+        assert second["isLast"] is True and "nextPageToken" not in second
+
+
+async def test_the_fake_pages_like_data_center():
+    async with FakeJira("datacenter") as fake, aiohttp.ClientSession(
+            headers=auth_header(fake)) as http:
+        async with http.get(fake.url + "/rest/api/2/search", params={
+                "jql": "project = OPS", "startAt": "2", "maxResults": "2"}) as response:
+            page = await response.json()
+        assert (page["startAt"], page["total"]) == (2, 3)
+        assert [i["key"] for i in page["issues"]] == ["OPS-1"]
+
+
+@pytest.mark.parametrize(
+    ("jql", "keys"),
+    [
+        ("project = PAY", ["PAY-1"]),
+        ('status in ("To Do", "In Progress")', ["PAY-1", "OPS-3", "OPS-2"]),
+        ("labels = payments AND priority = High", ["PAY-1", "OPS-2"]),
+        ("assignee is EMPTY", ["PAY-1", "OPS-3"]),
+        ("assignee is not EMPTY AND key != OPS-1", ["OPS-2"]),
+        ("type = Bug", ["PAY-1"]),
+        ("summary ~ 'TLS'", ["OPS-3"]),
+        ("project not in (PAY) ORDER BY key ASC", ["OPS-3", "OPS-2", "OPS-1"]),
+    ],
+)
+async def test_the_fakes_jql_subset(jql, keys, resilience):
     async with FakeJira("cloud") as fake:
-        basic = base64.b64encode(f"{fake.email}:{fake.api_token}".encode()).decode()
-        async with aiohttp.ClientSession() as http, http.get(
-            fake.url + "/rest/api/2/search", params={"jql": "project = OPS"},
-            headers={"Authorization": f"Basic {basic}"},
-        ) as response:
-            assert response.status == 410
-            assert "errorMessages" in await response.json()
+        client = JiraClient(credentials(fake), resilience=resilience)
+        assert [i.key for i in (await client.search(jql)).issues] == keys
 
 
 async def test_bad_jql_is_a_readable_error_and_not_retried(fake, client, waits):
