@@ -233,9 +233,10 @@ class JiraClient:
         return NotJiraError(f"{self.url} does not look like a Jira site: it has no Jira REST "
                             "API at /rest/api/2/serverInfo. Check the URL.")
 
-    def _sync(self, action: str, work: Callable[[JIRA], T]) -> T:
+    def _translated(self, action: str, work: Callable[[], T]) -> T:
+        """Run ``work`` (blocking), turning the library's exceptions into :class:`JiraError`."""
         try:
-            return work(self._library())
+            return work()
         except JIRAError as exc:
             raise self._from_status(action, exc) from None
         except requests.RequestException as exc:
@@ -246,7 +247,8 @@ class JiraClient:
     async def _call(self, action: str, work: Callable[[JIRA], T], *,
                     idempotent: bool = True) -> T:
         async def attempt() -> T:
-            return await asyncio.to_thread(self._sync, action, work)
+            return await asyncio.to_thread(self._translated, action,
+                                           lambda: work(self._library()))
 
         return await self._resilience.call(self.workspace, INTEGRATION, attempt,
                                            classify=classify, idempotent=idempotent)
@@ -332,17 +334,7 @@ class JiraClient:
                 user_email=me.get("emailAddress"),
             )
 
-        def sync() -> ServerCheck:
-            try:
-                return work()
-            except JIRAError as exc:
-                raise self._from_status("read the server information", exc) from None
-            except requests.RequestException as exc:
-                raise self._from_transport(exc) from None
-            except ValueError as exc:
-                raise self._not_jira() from exc
-
-        return await asyncio.to_thread(sync)
+        return await asyncio.to_thread(self._translated, "read the server information", work)
 
     async def search(self, jql: str, limit: int = 20) -> SearchResult:
         """Issues matching ``jql``, at most ``limit`` (1–100), in Jira's order."""
