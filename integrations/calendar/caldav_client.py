@@ -193,15 +193,20 @@ class CalDAVClient:
             password=credentials.password or None,
             timeout=self._timeout,
             enable_rfc6764=False,
+            rate_limit_handle=False,
         )
 
     def _calendar(self, client: DAVClient):
         wanted = self._credentials.calendar.strip()
-        calendars = client.principal().get_calendars()
-        for calendar in calendars:
-            if wanted in (calendar.name, calendar.id):
+        # The display names come with the calendar listing (cached), not one request each.
+        calendars = [
+            (calendar, calendar.get_display_name() or calendar.id)
+            for calendar in client.principal().get_calendars()
+        ]
+        for calendar, name in calendars:
+            if wanted in (name, calendar.id):
                 return calendar
-        names = sorted(str(calendar.name or calendar.id) for calendar in calendars)
+        names = sorted(str(name) for _, name in calendars)
         account = f"{self._credentials.username!r} at {self._credentials.server}"
         if names:
             message = (
