@@ -168,22 +168,16 @@ class CalDAVClient:
         server = self._credentials.server
         try:
             return await asyncio.wait_for(asyncio.to_thread(run), self._timeout)
-        except TimeoutError as exc:
-            failure: CalendarError = CalendarUnavailable(
-                f"the CalDAV server at {server} did not answer within {self._timeout:g} s"
-            )
-            cause: BaseException = exc
         except Exception as exc:
-            failure = _translate(exc, server)
-            cause = exc
-        log.warning(
-            "calendar.call_failed",
-            action=action,
-            server=server,
-            kind=type(failure).__name__,
-            reason=str(failure),
-        )
-        raise failure from cause
+            failure = _translate(exc, server, self._timeout)
+            log.warning(
+                "calendar.call_failed",
+                action=action,
+                server=server,
+                kind=type(failure).__name__,
+                reason=str(failure),
+            )
+            raise failure from exc
 
     def _connect(self) -> DAVClient:
         credentials = self._credentials
@@ -256,10 +250,14 @@ def _aware(value: date | datetime, now: datetime) -> datetime:
     return value
 
 
-def _translate(exc: Exception, server: str) -> CalendarError:
+def _translate(exc: Exception, server: str, timeout: float) -> CalendarError:
     """Map a ``caldav`` or HTTP library failure to a readable, classifiable CalendarError."""
     if isinstance(exc, CalendarError):
         return exc
+    if isinstance(exc, TimeoutError):
+        return CalendarUnavailable(
+            f"the CalDAV server at {server} did not answer within {timeout:g} s"
+        )
     if isinstance(exc, dav_error.RateLimitError):
         return CalendarUnavailable(
             f"the CalDAV server at {server} is rate limiting requests (HTTP 429)",
