@@ -17,14 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-
-
-@dataclass(frozen=True)
-class Radicale:
-    url: str
-    folder: Path
 
 
 def free_port() -> int:
@@ -40,8 +33,8 @@ def running_radicale(
     users: dict[str, str] | None = None,
     calendars: tuple[str, ...] = ("Incidents",),
     timeout: float = 20.0,
-) -> Iterator[Radicale]:
-    """Start Radicale with its storage in ``folder``, wait until it answers HTTP, stop it after."""
+) -> Iterator[str]:
+    """Start Radicale with its storage in ``folder``; yield its URL once it answers HTTP."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     predefined = {
@@ -78,7 +71,7 @@ def running_radicale(
     url = f"http://127.0.0.1:{port}/"
     try:
         _wait_until_answering(url, process, log_path, timeout)
-        yield Radicale(url=url, folder=folder)
+        yield url
     finally:
         process.terminate()
         try:

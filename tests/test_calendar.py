@@ -228,17 +228,17 @@ async def test_store_event_refuses_what_must_not_be_stored(ics, message):
 
 
 @pytest.fixture(scope="module")
-def radicale(tmp_path_factory):
+def radicale_url(tmp_path_factory):
     """One server with ``auth type = none``: every test logs in as its own user."""
     with running_radicale(
         tmp_path_factory.mktemp("radicale"), calendars=("Incidents", "Post-mortems")
-    ) as server:
-        yield server
+    ) as url:
+        yield url
 
 
 @pytest.fixture
-def credentials(radicale):
-    return CalDAVCredentials(radicale.url, f"u{uuid.uuid4().hex[:10]}", "any", "Post-mortems")
+def credentials(radicale_url):
+    return CalDAVCredentials(radicale_url, f"u{uuid.uuid4().hex[:10]}", "any", "Post-mortems")
 
 
 def fetch(url: str, credentials: CalDAVCredentials) -> bytes:
@@ -266,8 +266,8 @@ async def test_check_finds_the_named_calendar(credentials):
     assert url.endswith("/calendar-1/")
 
 
-async def test_an_unknown_calendar_lists_the_existing_ones(radicale, credentials):
-    wrong = CalDAVCredentials(radicale.url, credentials.username, "any", "Standups")
+async def test_an_unknown_calendar_lists_the_existing_ones(radicale_url, credentials):
+    wrong = CalDAVCredentials(radicale_url, credentials.username, "any", "Standups")
 
     with pytest.raises(CalendarNotFound) as caught:
         await CalDAVClient(wrong).check()
@@ -371,9 +371,9 @@ async def test_upcoming_needs_an_aware_now(credentials):
 
 
 async def test_a_wrong_password_is_a_clear_auth_error(tmp_path):
-    with running_radicale(tmp_path, users={"alice": "right-pass"}) as server:
-        good = CalDAVCredentials(server.url, "alice", "right-pass", "Incidents")
-        bad = CalDAVCredentials(server.url, "alice", "wrong-pass", "Incidents")
+    with running_radicale(tmp_path, users={"alice": "right-pass"}) as url:
+        good = CalDAVCredentials(url, "alice", "right-pass", "Incidents")
+        bad = CalDAVCredentials(url, "alice", "wrong-pass", "Incidents")
 
         assert (await CalDAVClient(good).check()).endswith("/alice/calendar-0/")
         with pytest.raises(CalendarAuthError) as caught:
@@ -414,12 +414,16 @@ async def test_a_server_that_never_answers_times_out():
 
 @pytest_asyncio.fixture
 async def answering():
-    """A CalDAV endpoint that answers every request with one canned HTTP status."""
+    """An endpoint that answers every request with one canned HTTP status and body."""
     runners = []
 
-    async def start(status: int, headers: dict[str, str] | None = None) -> str:
+    async def start(status: int, headers: dict[str, str] | None, body: str) -> str:
+        content_type = "text/html" if body.startswith("<") else "text/plain"
+
         async def handler(request: web.Request) -> web.Response:
-            return web.Response(status=status, headers=headers, text="nope")
+            return web.Response(
+                status=status, headers=headers, text=body, content_type=content_type
+            )
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", handler)
@@ -434,20 +438,25 @@ async def answering():
         await runner.cleanup()
 
 
+WELCOME_PAGE = "<html><body>Welcome</body></html>"
+
+
 @pytest.mark.parametrize(
-    ("status", "headers", "kind", "message"),
+    ("status", "headers", "body", "kind", "message"),
     [
-        (500, None, CalendarUnavailable, "failed (HTTP 500); try again later"),
-        (503, None, CalendarUnavailable, "failed (HTTP 503)"),
-        (429, {"Retry-After": "7"}, CalendarUnavailable, "rate limiting"),
-        (401, {"WWW-Authenticate": 'Basic realm="dav"'}, CalendarAuthError, "HTTP 401"),
-        (403, None, CalendarAuthError, "refused access to this account (HTTP 403)"),
-        (404, None, CalendarNotFound, "check the CalDAV URL"),
-        (400, None, CalendarRejected, "refused the request (HTTP 400)"),
+        (500, None, "", CalendarUnavailable, "failed (HTTP 500); try again later"),
+        (503, None, "", CalendarUnavailable, "failed (HTTP 503)"),
+        (429, {"Retry-After": "7"}, "", CalendarUnavailable, "rate limiting"),
+        (401, {"WWW-Authenticate": 'Basic realm="dav"'}, "", CalendarAuthError, "HTTP 401"),
+        (403, None, "", CalendarAuthError, "refused access to this account (HTTP 403)"),
+        (404, None, "", CalendarNotFound, "check the CalDAV URL"),
+        (400, None, "", CalendarRejected, "refused the request (HTTP 400)"),
+        (200, None, WELCOME_PAGE, CalendarNotFound, "is not a CalDAV server: check the URL"),
+        (200, None, "hello", CalendarRejected, "unexpected answer from http://127.0.0.1:"),
     ],
 )
-async def test_http_failures_are_classified(answering, status, headers, kind, message):
-    url = await answering(status, headers)
+async def test_http_failures_are_classified(answering, status, headers, body, kind, message):
+    url = await answering(status, headers, body)
 
     with pytest.raises(CalendarError) as caught:
         await CalDAVClient(CalDAVCredentials(url, "alice", "s3cret", "Incidents")).check()

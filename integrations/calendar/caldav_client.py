@@ -111,9 +111,21 @@ class CalDAVClient:
         """Log in, find the principal, then the calendar; return the calendar's URL.
 
         Raises CalendarUnavailable (unreachable, timeout, 5xx), CalendarAuthError (401/403),
-        CalendarNotFound (no such calendar; ``available`` lists the existing ones).
+        CalendarNotFound (no such calendar, ``available`` listing the existing ones; or the URL
+        is not a CalDAV server: its OPTIONS answer lacks ``calendar-access`` in the DAV header,
+        RFC 4791 §5.1).
         """
-        return await self._call("check", lambda client: str(self._calendar(client).url))
+
+        def check(client: DAVClient) -> str:
+            client.principal()
+            if not client.supports_caldav():
+                raise CalendarNotFound(
+                    f"{self._credentials.server} is not a CalDAV server: check the URL",
+                    available=[],
+                )
+            return str(self._calendar(client).url)
+
+        return await self._call("check", check)
 
     async def store_event(self, store_ics: bytes) -> StoredEvent:
         """Store one event (a VCALENDAR without METHOD, RFC 4791 §4.1) in the calendar.
@@ -287,4 +299,6 @@ def _translate(exc: Exception, server: str, timeout: float) -> CalendarError:
     if isinstance(exc, http.exceptions.RequestException):
         return CalendarUnavailable(f"cannot reach the CalDAV server at {server}")
     log.exception("calendar.unexpected_error", server=server)
-    return CalendarRejected(f"unexpected answer from the CalDAV server at {server}")
+    return CalendarRejected(
+        f"unexpected answer from {server}: check that this is the CalDAV server's URL"
+    )
