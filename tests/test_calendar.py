@@ -138,6 +138,15 @@ def test_an_aware_start_is_written_in_the_meeting_timezone():
     assert b"DTEND;TZID=Europe/Paris:20270115T110000" in built.request_ics
 
 
+def test_a_utc_meeting_is_written_in_utc_form_and_a_missing_description_is_left_out():
+    built = invitation(timezone="UTC", description=None)
+    calendar = Calendar.from_ical(built.request_ics)
+
+    assert b"DTSTART:20270115T100000Z" in built.request_ics
+    assert calendar.timezones == []
+    assert "DESCRIPTION" not in calendar.events[0]
+
+
 def test_attendees_are_deduplicated_case_insensitively():
     built = invitation(
         attendees=[ALICE, ("ALICE@Example.com", "Alice again"), "mailto:bob@example.com", BOB]

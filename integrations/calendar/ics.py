@@ -60,7 +60,7 @@ def build_invitation(
     timezone: str,
     organizer: Person | tuple[str, str] | str,
     attendees: Iterable[Person | tuple[str, str] | str],
-    description: str = "",
+    description: str | None = None,
     uid: str | None = None,
 ) -> Invitation:
     """Build a single-instance meeting invitation (one VEVENT, SEQUENCE 0, STATUS CONFIRMED).
@@ -99,7 +99,7 @@ def build_invitation(
     event = Event.new(
         uid=uid.strip() if uid is not None else None,
         summary=summary,
-        description=description.strip() or None,
+        description=(description or "").strip() or None,
         start=local_start,
         end=local_end,
         organizer=vCalAddress.new(chair.email, cn=chair.name or chair.email),
