@@ -226,8 +226,9 @@ class CalDAVClient:
 
 def _storable_uid(store_ics: bytes) -> str:
     try:
-        calendar = Calendar.from_ical(store_ics)
-    except ValueError as exc:
+        # Strict UTF-8 (RFC 5545 §3.1.4): the library would quietly replace bad bytes.
+        calendar = Calendar.from_ical(store_ics.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError included
         raise ValueError(f"not an iCalendar object: {exc}") from None
     if "METHOD" in calendar:
         raise ValueError(
@@ -272,7 +273,7 @@ def _translate(exc: Exception, server: str, timeout: float) -> CalendarError:
         )
     if isinstance(exc, dav_error.RateLimitError):
         return CalendarUnavailable(
-            f"the CalDAV server at {server} is rate limiting requests (HTTP 429)",
+            f"the CalDAV server at {server} asks to slow down (HTTP {exc.status or 429})",
             retry_after=exc.retry_after_seconds,
         )
     if isinstance(exc, dav_error.AuthorizationError):
