@@ -405,9 +405,11 @@ async def test_a_server_that_is_down_is_unavailable():
 
 
 async def test_a_server_that_never_answers_times_out():
+    connections = []
+
     async def silent(reader, writer):
+        connections.append(writer)
         await reader.read()  # hold the connection open until the client gives up
-        writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -418,8 +420,12 @@ async def test_a_server_that_never_answers_times_out():
         )
         with pytest.raises(CalendarUnavailable, match="did not answer"):
             await client.check()
+        assert connections, "the client never connected"
     finally:
+        for writer in connections:
+            writer.close()
         server.close()
+        await server.wait_closed()
 
 
 @pytest_asyncio.fixture
