@@ -1,0 +1,43 @@
+"""Calendar failures, one class per kind so a retry policy can tell them apart.
+
+Only :class:`CalendarUnavailable` is worth retrying; the others need a person to fix
+credentials, the calendar name or the data. Messages never hold a password.
+"""
+
+from __future__ import annotations
+
+from integrations.errors import IntegrationError
+
+
+class CalendarError(IntegrationError):
+    """A failed calendar call; ``integration`` is ``"calendar"``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("calendar", message)
+
+
+class CalendarUnavailable(CalendarError):
+    """The CalDAV server could not be reached, timed out, answered 5xx or 429 (transient).
+
+    ``retry_after`` is the server's Retry-After in seconds when it sent one, else None.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class CalendarAuthError(CalendarError):
+    """The server refused the username and password (HTTP 401) or the access (403)."""
+
+
+class CalendarNotFound(CalendarError):
+    """The configured calendar does not exist; ``available`` lists the names that do."""
+
+    def __init__(self, message: str, available: list[str]) -> None:
+        super().__init__(message)
+        self.available = available
+
+
+class CalendarRejected(CalendarError):
+    """The server refused the request itself (another 4xx, or an unusable answer)."""
