@@ -9,7 +9,6 @@ from aiohttp import ClientSession
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
-from slack_bolt.response import BoltResponse
 from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
 
@@ -86,25 +85,23 @@ def build_app(services: Services, session: ClientSession) -> AsyncApp:
             ),
             **common,
         )
-    app.use(_claim_events(services))
+    app.use(_bind_log_context)
     app.error(_log_error)
     register_all(app, services)
     return app
 
 
-def _claim_events(services: Services):
-    async def claim_event(body: dict[str, Any], next) -> BoltResponse | None:
-        """Act on each ``event_id`` once, whatever Slack retries or however many replicas run."""
-        event_id = body.get("event_id") if body.get("type") == "event_callback" else None
-        if event_id:
-            structlog.contextvars.bind_contextvars(event_id=event_id, team_id=body.get("team_id"))
-            if not await services.claims.claim(f"event:{event_id}"):
-                log.info("duplicate_event_dropped")
-                return BoltResponse(status=200, body="")
-        await next()
-        return None
+async def _bind_log_context(body: dict[str, Any], next) -> None:
+    """Every log line of an event carries its ``event_id`` and ``team_id``.
 
-    return claim_event
+    Claims are taken by the listeners, after the ack: a database claim on the ack path would
+    queue behind the turns in flight, and Slack counts slow acks as failed deliveries.
+    """
+    if body.get("type") == "event_callback":
+        structlog.contextvars.bind_contextvars(
+            event_id=body.get("event_id"), team_id=body.get("team_id")
+        )
+    await next()
 
 
 async def _log_error(error: Exception, body: dict[str, Any]) -> None:

@@ -62,10 +62,9 @@ class SlackTurns:
 
         Returns quickly: the LLM work runs after Slack's ack, tracked for graceful shutdown.
         """
-        # app_mention and message can both deliver one message (contracts.md): claim it once.
+        # Retries, and app_mention + message for one mention (contracts.md): act once.
         key = f"msg:{message.tenant.id}:{message.channel_id}:{message.ts}"
-        if not await self.services.claims.claim(key):
-            log.info("duplicate_message_dropped", channel_id=message.channel_id, ts=message.ts)
+        if not await self.services.claims.first_delivery(key):
             return
         config = await self.services.repos.config.load(message.tenant)
         persona = personas.for_channel(config, message.channel_id)

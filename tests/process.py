@@ -88,3 +88,11 @@ class JamonoProcess:
 
     def count(self, text: str) -> int:
         return self.output.count(text)
+
+    async def wait_for_output(self, text: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``text`` has appeared ``count`` times in the process's output."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.count(text) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{text!r} seen {self.count(text)} times, not {count}")
+            await asyncio.sleep(0.05)

@@ -23,9 +23,14 @@ log = structlog.get_logger(__name__)
 def register(app: AsyncApp, services: Services) -> None:
     @app.event("app_home_opened")
     async def on_home_opened(
-        event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+        body: dict[str, Any],
+        event: dict[str, Any],
+        context: AsyncBoltContext,
+        client: AsyncWebClient,
     ) -> None:
         if event.get("tab") != "home":
+            return
+        if not await services.claims.first_delivery(f"event:{body['event_id']}"):
             return
         config = await services.repos.config.load(tenant_of(context))
         blocks: list[dict[str, Any]] = [header("Your agent colleagues")]
