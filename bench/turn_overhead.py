@@ -37,35 +37,37 @@ WARMUP = 20
 async def drive(url: str, slack: FakeSlack, events: int, in_flight: int, channel: str):
     """POST ``events`` mentions; returns (ack latencies, answer latencies) in milliseconds."""
     acks: list[float] = []
+    answers: list[float] = []
     sent: dict[str, float] = {}
+    answered: dict[str, asyncio.Future[None]] = {}
     gate = asyncio.Semaphore(in_flight)
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=in_flight)
-    ) as http:
+
+    def on_call(call) -> None:
+        ts = call.params.get("thread_ts")
+        if call.method == "chat.postMessage" and ts in answered:
+            answers.append((call.at - sent[ts]) * 1000)
+            answered.pop(ts).set_result(None)
+
+    slack.observers.append(on_call)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=in_flight)) as http:
 
         async def one(i: int) -> None:
             event = slack.app_mention_event(ALICE, channel, f"<@{BOT}> ping {i}")
             body = slack.event_callback(ACME, event)
             async with gate:
-                started = time.monotonic()
-                sent[event["ts"]] = started
+                answer = answered[event["ts"]] = asyncio.get_running_loop().create_future()
+                started = sent[event["ts"]] = time.monotonic()
                 status, _ = await post_event(http, url, SIGNING_SECRET, body)
                 acks.append((time.monotonic() - started) * 1000)
                 if status != 200:
                     raise RuntimeError(f"event {i} got HTTP {status}")
-                # The answer arrives after the ack; keeping the slot until then holds the
-                # number of turns in flight at ``in_flight``.
-                await slack.wait_for(
-                    "chat.postMessage", lambda p, ts=event["ts"]: p.get("thread_ts") == ts,
-                    timeout=60,
-                )
+                # Keeping the slot until the answer holds the turns in flight at in_flight.
+                await asyncio.wait_for(answer, 60)
 
-        await asyncio.gather(*(one(i) for i in range(events)))
-    answers = [
-        (call.at - sent[call.params["thread_ts"]]) * 1000
-        for call in slack.calls_to("chat.postMessage")
-        if call.params.get("thread_ts") in sent
-    ]
+        try:
+            await asyncio.gather(*(one(i) for i in range(events)))
+        finally:
+            slack.observers.remove(on_call)
     return acks, answers
 
 
@@ -81,7 +83,6 @@ async def measure(name: str, start, events: int, in_flight: int) -> dict[str, fl
         stop, url = await start(slack)
         try:
             await drive(url, slack, WARMUP, in_flight, "C0WARM")
-            slack.calls.clear()
             acks, answers = await drive(url, slack, events, in_flight, "C0BENCH")
         finally:
             await stop()
