@@ -67,6 +67,18 @@ def database_url(request, tmp_path) -> str:
 
 
 @pytest_asyncio.fixture
+async def engine(database_url):
+    """An engine on ``database_url`` migrated to head (SQLite and PostgreSQL)."""
+    from storage import migrate
+    from storage.db import create_engine
+
+    await migrate.upgrade_async(database_url)
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture
 async def redis_url():
     """Redis database 15, emptied before and after the test."""
     from redis.asyncio import Redis

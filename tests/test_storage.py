@@ -24,14 +24,6 @@ GLOBEX = Tenant(team_id="T0GLOBEX")
 
 
 @pytest.fixture
-async def engine(database_url):
-    await migrate.upgrade_async(database_url)
-    engine = create_engine(database_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
 def repos(engine) -> Repositories:
     return Repositories.over(session_factory(engine))
 
