@@ -27,11 +27,13 @@ from bot.slack_client import is_workspace_admin, slack_error
 from bot.threads import slack_thread
 from storage.repositories import Repositories
 from storage.repositories.approvals import Approval, State
+from storage.repositories.policy import ActionPolicy
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
 APPROVE, REJECT = "approval_approve", "approval_reject"
+APPROVAL_DENIED = "approval_denied"  # audit: a click by someone not allowed to decide
 ACTIONS_BLOCK = "approval_actions"
 ARGUMENT_LIMIT = 1500  # characters of one argument shown (a section holds 3,000)
 MAX_ARGUMENTS = 40  # argument sections in one message (a message holds 50 blocks)
@@ -184,15 +186,16 @@ class ApprovalDesk:
         if approval is None:
             await self._ephemeral(client, click, None, "I do not know this approval request.")
             return
-        if not await self._may_decide(click, approval, client):
-            await self._ephemeral(
-                client,
-                click,
-                approval,
-                f"Only <@{approval.requested_by}> or a workspace admin can decide this request."
-                if (await self.repos.policy.load(click.tenant)).approvers == "requester_or_admin"
-                else "Only workspace admins can decide this request.",
+        policy = await self.repos.policy.load(click.tenant)
+        if not await self._may_decide(click, approval, policy, client):
+            await self.repos.events.record(
+                click.tenant,
+                APPROVAL_DENIED,
+                actor=click.user_id,
+                subject=approval.id,
+                details={"approve": click.approve},
             )
+            await self._ephemeral(client, click, approval, _not_allowed(approval, policy))
             return
         decision = await self.repos.approvals.decide(
             click.tenant, click.request_id, click.user_id, click.approve
@@ -207,8 +210,8 @@ class ApprovalDesk:
             won=decision.won,
             state=current.state.value,
         )
-        if current.state == State.APPROVED:
-            # The winner, or a later click finding it approved but not started (a restart
+        if current.state == State.APPROVED and click.approve:
+            # The winner, or a later Approve finding it approved but not started (a restart
             # between the decision and the execution): start_execution lets one of them run it.
             await self._execute(click, current, client)
         elif decision.won:  # rejected
@@ -242,8 +245,9 @@ class ApprovalDesk:
             f"{mark} `{done.tool}` on {done.target} {verb} (approved by <@{done.decided_by}>).",
         )
 
-    async def _may_decide(self, click: Click, approval: Approval, client: AsyncWebClient) -> bool:
-        policy = await self.repos.policy.load(click.tenant)
+    async def _may_decide(
+        self, click: Click, approval: Approval, policy: ActionPolicy, client: AsyncWebClient
+    ) -> bool:
         if policy.may_approve(click.user_id, approval.requested_by, is_admin=False):
             return True
         is_admin = await is_workspace_admin(client, click.user_id)
@@ -303,11 +307,22 @@ class ApprovalDesk:
             log.warning("approval_ephemeral_failed", error=slack_error(exc))
 
 
+def _not_allowed(approval: Approval, policy: ActionPolicy) -> str:
+    if policy.approvers == "admins_only":
+        return "Only workspace admins can decide this request; nothing changed."
+    return (
+        f"Only <@{approval.requested_by}> or a workspace admin can decide this request; "
+        "nothing changed."
+    )
+
+
 def _already(approval: Approval) -> str:
     by = f"<@{approval.decided_by}>" if approval.decided_by else "someone"
     match approval.state:
         case State.REJECTED:
             return f"Already rejected by {by}; nothing was done."
+        case State.APPROVED:
+            return f"Already approved by {by}; it is about to run."
         case State.EXECUTING:
             return f"Already approved by {by}; it is running now."
         case State.EXECUTED:

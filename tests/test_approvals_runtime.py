@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from agents.personas import NOX
 from agents.runtime import TurnRequest
+from bot.approvals import Click
 from bot.services import Services
 from bot.settings import load_settings
 from bot.slack_client import web_client
@@ -224,3 +225,24 @@ async def test_a_failing_approved_action_is_recorded_as_failed(services, llm, sl
     execution = await services.runtime.gate.execute(ACME, request.id, client)
     assert not execution.ok and "error:" in execution.result
     assert (await services.repos.approvals.get(ACME, request.id)).state == State.FAILED
+
+
+async def test_an_approved_request_left_unstarted_runs_on_the_next_approve_only(
+    services, llm, slack, client
+):
+    """A process that died between decide and start_execution leaves it ``approved``: a later
+    Approve runs it once; a Reject click does not run it."""
+    llm.script = calls(POST)
+    await services.runtime.run(ask(client))
+    (request,) = await services.repos.approvals.pending_for(ACME)
+    await services.repos.approvals.decide(ACME, request.id, "U0ALICE", approve=True)
+
+    def clicked(approve):
+        return Click(ACME, request.id, "U0ALICE", approve, "C0OPS", request.message_ts)
+
+    await services.approvals.click(clicked(False), client)
+    (told,) = slack.calls_to("chat.postEphemeral")
+    assert "about to run" in told.params["text"] and posts_to(slack, "C0INC") == []
+    await asyncio.gather(*(services.approvals.click(clicked(True), client) for _ in range(3)))
+    assert len(posts_to(slack, "C0INC")) == 1
+    assert (await services.repos.approvals.get(ACME, request.id)).state == State.EXECUTED

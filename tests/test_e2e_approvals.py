@@ -7,6 +7,9 @@ import asyncio
 
 import pytest
 
+from storage.db import create_engine, session_factory
+from storage.repositories import Repositories
+from storage.tenancy import Tenant
 from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, BOT, SIGNING_SECRET, base_settings, started
 from tests.fakes import ToolCall, post_event, post_form
 from tests.fakes.llm import default_script
@@ -84,6 +87,16 @@ async def handled_clicks(jamono, count, timeout=10.0):
     raise AssertionError(f"expected {count} handled clicks:\n{jamono.output}")
 
 
+async def audit_kinds(database_url):
+    """The workspace's audit events, oldest first, read from the process's database."""
+    engine = create_engine(database_url)
+    try:
+        events = await Repositories.over(session_factory(engine)).events.recent(Tenant(ACME))
+    finally:
+        await engine.dispose()
+    return [event.kind for event in reversed(events)]
+
+
 def posts_to(slack, channel):
     return [c for c in slack.calls_to("chat.postMessage") if c.params["channel"] == channel]
 
@@ -94,7 +107,7 @@ def updates_of(slack, message):
 
 
 async def test_approve_runs_once_despite_double_clicks_two_approvers_and_retries(
-    http, jamono, slack, llm
+    http, jamono, slack, llm, sqlite_url
 ):
     event, message, request_id = await request_approval(http, jamono, slack)
     # The model was told the action waits; its answer says so in the thread.
@@ -133,6 +146,9 @@ async def test_approve_runs_once_despite_double_clicks_two_approvers_and_retries
     late = (await slack.wait_for("chat.postEphemeral", count=told + 1))[-1]
     assert late.params["user"] == ALICE and "Already approved" in late.params["text"]
     assert len(posts_to(slack, INCIDENTS)) == 1 and len(updates_of(slack, message)) == 1
+    assert await audit_kinds(sqlite_url) == [
+        "approval_requested", "approval_decided", "action_executed"
+    ]
 
 
 async def test_reject_is_recorded_and_the_model_hears_of_it(http, jamono, slack, llm):
@@ -151,13 +167,14 @@ async def test_reject_is_recorded_and_the_model_hears_of_it(http, jamono, slack,
     assert len(notes) == 1 and f"<@{ALICE}> rejected `slack_post_message`" in notes[0]
 
 
-async def test_someone_not_allowed_gets_an_ephemeral_refusal(http, jamono, slack):
+async def test_someone_not_allowed_gets_an_ephemeral_refusal(http, jamono, slack, sqlite_url):
     event, message, request_id = await request_approval(http, jamono, slack)
     await click(http, jamono, slack, message, request_id, user=BOB)  # neither requester nor admin
     (refusal,) = await slack.wait_for("chat.postEphemeral")
     assert refusal.params["user"] == BOB and refusal.params["thread_ts"] == event["ts"]
     assert f"Only <@{ALICE}> or a workspace admin" in refusal.params["text"]
     assert slack.calls_to("chat.update") == [] and posts_to(slack, INCIDENTS) == []
+    assert await audit_kinds(sqlite_url) == ["approval_requested", "approval_denied"]
     # The request is still open for those who may decide.
     await click(http, jamono, slack, message, request_id, user=ALICE)
     await slack.wait_for("chat.update", lambda p: "Approved by" in str(p.get("blocks")))
