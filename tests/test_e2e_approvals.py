@@ -4,6 +4,7 @@ zones, and exactly one execution whatever the clicks, retries and restarts."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -267,3 +268,33 @@ async def command(http, jamono, slack, name, text="", user=ALICE):
             await asyncio.sleep(0.05)
 
     return await asyncio.wait_for(answered(), 10)
+
+
+async def test_approval_over_socket_mode(slack, llm, sqlite_url, tmp_path):
+    app_token = "xapp-1-A0JAMONO-test"
+    slack.add_app_token(app_token)
+    llm.script = announcing
+    process = await started(base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_APP_TOKEN": app_token,
+    }, tmp_path)
+    try:
+        await slack.wait_for_socket_connections(1)
+        event = slack.app_mention_event(ALICE, "C0OPS", f"<@{BOT}> announce deploy frozen")
+        await slack.socket_send_envelope("events_api", slack.event_callback(ACME, event))
+        (message,) = await slack.wait_for(
+            "chat.postMessage", lambda p: p.get("thread_ts") == event["ts"] and has_buttons(p))
+        (actions,) = [b for b in message.blocks if b["type"] == "actions"]
+        fields = slack.block_actions_payload(ACME, ALICE, message, "approval_approve",
+                                             actions["elements"][0]["value"])
+        payload = json.loads(fields["payload"])
+        for attempt in range(2):  # Slack delivers the click again
+            envelope_id = await slack.socket_send_envelope(
+                "interactive", payload, retry_attempt=attempt,
+                retry_reason="timeout" if attempt else "")
+            await slack.wait_for_ack(envelope_id)
+        await handled_clicks(process, 2)
+        await slack.wait_for("chat.update", lambda p: "Approved by" in str(p["blocks"]))
+        (posted,) = posts_to(slack, INCIDENTS)
+        assert posted.params["text"] == "deploy frozen"
+    finally:
+        assert await process.stop() == 0, process.output
