@@ -15,6 +15,7 @@ from bot.approvals import Click
 from bot.services import Services
 from bot.settings import load_settings
 from bot.slack_client import web_client
+from storage import migrate
 from storage.models import ToolCall as ToolCallRow
 from storage.repositories.approvals import State
 from storage.tenancy import Tenant
@@ -26,10 +27,12 @@ POST = ToolCall("slack_post_message", {"channel": "<#C0INC|incidents>", "text": 
 
 
 @pytest.fixture
-async def services(sqlite_url, llm):
+async def services(database_url, llm):
+    """Services on a SQLite file and on PostgreSQL (migrated first, as an operator does)."""
+    await migrate.upgrade_async(database_url)
     settings = load_settings(
         _env_file=None,
-        DATABASE_URL=sqlite_url,
+        DATABASE_URL=database_url,
         OPENAI_BASE_URL=llm.base_url,
         OPENAI_API_KEY="sk-test",
         JAMONO_TOOL_TIMEOUT=5,
