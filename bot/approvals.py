@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -200,9 +200,9 @@ class ApprovalDesk:
         decision = await self.repos.approvals.decide(
             click.tenant, click.request_id, click.user_id, click.approve
         )
-        current = decision.request
-        if current is None:
+        if decision.request is None:
             return
+        current = _located(decision.request, click)
         log.info(
             "approval_click",
             request_id=current.id,
@@ -236,6 +236,7 @@ class ApprovalDesk:
         done = await self.repos.approvals.get(click.tenant, approval.id)
         if done is None:
             return
+        done = _located(done, click)
         await self._update(client, done, execution.result)
         mark = "✅" if execution.ok else "⚠️"
         verb = "ran" if execution.ok else "failed"
@@ -305,6 +306,14 @@ class ApprovalDesk:
             )
         except SlackApiError as exc:
             log.warning("approval_ephemeral_failed", error=slack_error(exc))
+
+
+def _located(approval: Approval, click: Click) -> Approval:
+    """The request with its message's ``ts``: stored, else the clicked message's (a process
+    that died right after posting never stored it)."""
+    if approval.message_ts or not click.message_ts:
+        return approval
+    return replace(approval, message_ts=click.message_ts)
 
 
 def _not_allowed(approval: Approval, policy: ActionPolicy) -> str:
