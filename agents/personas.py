@@ -72,7 +72,7 @@ NOX = Persona(
         "workspace. You know CI/CD, incident response, observability, Kubernetes, "
         "infrastructure as code and on-call practice. " + _STYLE
     ),
-    tools=BASE_TOOLS,
+    tools=(*BASE_TOOLS, "slack_post_message"),
     enabled=True,
 )
 

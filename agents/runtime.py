@@ -6,18 +6,24 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 
 from agents.llm import NOT_CONFIGURED_HINT, Completion, LLMClient, LLMError, ToolCallRequest
 from agents.memory import estimate_tokens, fit_history
 from agents.personas import Persona
-from agents.tools.registry import ToolContext, ToolError, ToolRegistry
+from agents.policy import ActionGate, ApprovalNotifier
+from agents.tools.registry import ToolContext, ToolRegistry, invoke
 from storage.repositories import Repositories
+from storage.repositories.approvals import DEFAULT_TTL
 from storage.repositories.conversations import LLMCallUsage
+from storage.repositories.policy import ActionPolicy
 from storage.tenancy import Tenant
+
+if TYPE_CHECKING:
+    from slack_sdk.web.async_client import AsyncWebClient
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +43,7 @@ class TurnRequest:
     user_id: str
     text: str
     timezone: str = "UTC"
+    slack: AsyncWebClient | None = None  # the workspace's Web API client, for tools and approvals
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,8 @@ class ToolRun:
 
     name: str
     arguments: dict[str, Any]
-    status: str  # ok | error | invalid_arguments | timeout | unknown_tool
+    # ok | error | invalid_arguments | timeout | unknown_tool | refused | awaiting_approval
+    status: str
     summary: str
     duration_ms: int
 
@@ -62,7 +70,9 @@ class AgentRuntime:
     """Runs turns. One instance per process; safe for concurrent turns.
 
     ``tool_timeout`` is in seconds per tool call; ``context_tokens`` is the history budget
-    (approximate tokens, see :mod:`agents.memory`).
+    (approximate tokens, see :mod:`agents.memory`). Tool calls pass the workspace's action
+    policy first (:class:`agents.policy.ActionGate`): write tools needing approval become
+    requests shown by ``notifier`` that wait up to ``approval_ttl``.
     """
 
     def __init__(
@@ -74,6 +84,8 @@ class AgentRuntime:
         default_model: str,
         tool_timeout: float,
         context_tokens: int,
+        notifier: ApprovalNotifier | None = None,
+        approval_ttl: timedelta = DEFAULT_TTL,
     ) -> None:
         self.llm = llm
         self.registry = registry
@@ -81,6 +93,13 @@ class AgentRuntime:
         self.default_model = default_model
         self.tool_timeout = tool_timeout
         self.context_tokens = context_tokens
+        self.gate = ActionGate(
+            repos=repos,
+            registry=registry,
+            notifier=notifier,
+            ttl=approval_ttl,
+            tool_timeout=tool_timeout,
+        )
 
     async def run(self, request: TurnRequest) -> TurnOutcome:
         """Answer one message. Never raises for LLM or tool failures: the outcome says what failed.
@@ -153,7 +172,9 @@ class AgentRuntime:
             channel_id=request.channel_id,
             thread_ts=request.thread_ts,
             timezone=request.timezone,
+            slack=request.slack,
         )
+        policy: ActionPolicy | None = None  # loaded at the turn's first tool call
         steps = 0
         while True:
             completion = await self._complete(request, [system, *history, *new_messages], specs)
@@ -172,8 +193,10 @@ class AgentRuntime:
             if steps == persona.max_tool_steps:
                 break
             steps += 1
+            if policy is None:
+                policy = await self.gate.policy(request.tenant)
             for call in completion.tool_calls:
-                run, content = await self._run_tool(call, context, turn_id)
+                run, content = await self._run_tool(call, context, turn_id, policy)
                 outcome.tool_runs.append(run)
                 new_messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
         # Every tool_calls message needs its tool results, or the stored history is invalid.
@@ -199,9 +222,10 @@ class AgentRuntime:
         )
 
     async def _run_tool(
-        self, call: ToolCallRequest, context: ToolContext, turn_id: int
+        self, call: ToolCallRequest, context: ToolContext, turn_id: int, policy: ActionPolicy
     ) -> tuple[ToolRun, str]:
-        """Validate, run with a timeout and audit one call; returns the run and the tool message."""
+        """Validate, screen by the policy, run with a timeout and audit one call; returns the
+        run and the tool message."""
         started = time.perf_counter()
         arguments: dict[str, Any] = {}
         tool = self.registry.get(call.name)
@@ -220,7 +244,10 @@ class AgentRuntime:
                     content = "error: invalid arguments: " + "; ".join(problems)
                 else:
                     arguments = parsed
-                    status, content = await self._call(tool, context, arguments)
+                    screened = await self.gate.screen(policy, tool, context, arguments, call.id)
+                    status, content = screened or await invoke(
+                        tool, context, arguments, self.tool_timeout
+                    )
         duration_ms = round((time.perf_counter() - started) * 1000)
         summary = content[:SUMMARY_LIMIT]
         await self.repos.audit.record_tool_call(
@@ -242,20 +269,6 @@ class AgentRuntime:
             duration_ms=duration_ms,
         )
         return ToolRun(call.name, arguments, status, summary, duration_ms), content[:RESULT_LIMIT]
-
-    async def _call(self, tool, context: ToolContext, arguments: dict[str, Any]) -> tuple[str, str]:
-        try:
-            result = await asyncio.wait_for(tool.handler(context, **arguments), self.tool_timeout)
-        except TimeoutError:
-            return "timeout", f"error: the tool did not finish within {self.tool_timeout:g} s"
-        except ToolError as exc:
-            return "error", f"error: {exc}"
-        except Exception as exc:  # a broken tool must not end the turn; the model is told
-            log.exception("tool_crashed", tool=tool.name)
-            return "error", f"error: the tool failed unexpectedly ({type(exc).__name__})"
-        if isinstance(result, str):
-            return "ok", result
-        return "ok", json.dumps(result, ensure_ascii=False, default=str)
 
     def _system_prompt(self, request: TurnRequest) -> str:
         now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

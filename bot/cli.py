@@ -72,6 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("--org", action="store_true", help="the id is an org-wide install's")
     config.add_argument("words", nargs="*", help="[persona] verb [value]; default: show")
     config.set_defaults(handler=_config)
+
+    secrets = sub.add_parser("secrets", help="encryption of stored credentials")
+    secrets_sub = secrets.add_subparsers(required=True, metavar="action")
+    rotate = secrets_sub.add_parser(
+        "rotate",
+        help="re-encrypt every stored credential with the newest JAMONO_SECRET_KEY key",
+        description="Put the new key first in JAMONO_SECRET_KEY (old keys after it), run "
+        "this, then remove the old keys.",
+    )
+    rotate.set_defaults(handler=_secrets_rotate)
+    generate = secrets_sub.add_parser("generate-key", help="print a new Fernet key")
+    generate.set_defaults(handler=_secrets_generate_key)
     return parser
 
 
@@ -145,6 +157,36 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
             print(reply.text)
 
     return _execute(main())
+
+
+def _secrets_rotate(settings: Settings, _: argparse.Namespace) -> int:
+    if settings.secret_key is None:
+        print(
+            "JAMONO_SECRET_KEY is not set: nothing can be re-encrypted. Set it to the new key "
+            "followed by the old ones (comma-separated), then run this again.",
+            file=sys.stderr,
+        )
+        return 2
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            rotated = await services.repos.credentials.rotate_all()
+            print(f"re-encrypted {rotated} stored credential(s) with the newest key")
+
+    from storage.secrets import SecretsError
+
+    try:
+        return _execute(main())
+    except SecretsError as exc:
+        print(f"Cannot rotate: {exc}", file=sys.stderr)
+        return 1
+
+
+def _secrets_generate_key(_: Settings, __: argparse.Namespace) -> int:
+    from storage.secrets import generate_key
+
+    print(generate_key())
+    return 0
 
 
 async def _always() -> bool:

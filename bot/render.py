@@ -71,7 +71,7 @@ def answer(outcome: TurnOutcome) -> Reply:
 
 
 def tools_used(runs: list[ToolRun]) -> str:
-    marks = {"ok": "✓"}
+    marks = {"ok": "✓", "awaiting_approval": "⏳ awaiting approval"}
     parts = [
         f"`{run.name}({_arguments(run.arguments)})` {marks.get(run.status, '✗ ' + run.status)}"
         f" {run.duration_ms} ms"

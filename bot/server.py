@@ -21,6 +21,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
 from bot.services import Services
@@ -32,6 +33,7 @@ log = structlog.get_logger(__name__)
 MAX_BODY = 1024 * 1024  # bytes; Slack payloads are far smaller
 AUTH_CACHE_SECONDS = 60
 PRUNE_INTERVAL = 600  # seconds between sweeps of expired event claims
+EXPIRY_SWEEP_MAX = 60.0  # seconds between sweeps of overdue approval requests, at most
 
 
 class Server:
@@ -80,6 +82,10 @@ class Server:
             await self.socket.connect_async()
             log.info("socket_mode_connected")
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+        if self.bolt is not None:
+            self._background.append(
+                asyncio.create_task(self._expire_approvals(), name="expire-approvals")
+            )
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight turns finish within ``JAMONO_SHUTDOWN_GRACE`` s."""
@@ -106,6 +112,35 @@ class Server:
                 await self.services.claims.prune()
             except Exception as exc:  # pruning is housekeeping; retry next round
                 log.warning("claim_prune_failed", error=repr(exc))
+
+    async def _expire_approvals(self) -> None:
+        """Expire overdue approval requests and say so on their messages.
+
+        Runs every quarter of ``JAMONO_APPROVAL_TTL`` (1 s to 60 s), so a message says
+        "expired" soon after its deadline even if nobody clicks. Safe with several replicas:
+        each request is expired (and its message updated) by one of them.
+        """
+        interval = min(max(self.settings.approval_ttl * 3600 / 4, 1.0), EXPIRY_SWEEP_MAX)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.services.approvals.expire_due(self._client_for)
+            except Exception as exc:  # housekeeping; retry next round
+                log.warning("approval_expiry_failed", error=repr(exc))
+
+    async def _client_for(self, tenant_id: str) -> AsyncWebClient | None:
+        """The Web API client of a workspace (or org install), ``None`` when not installed."""
+        if not self.settings.oauth_enabled:
+            return self.bolt.client
+        org = tenant_id.startswith("E")  # enterprise_ids start with E, team_ids with T
+        bot = await self.bolt.installation_store.async_find_bot(
+            enterprise_id=tenant_id if org else None,
+            team_id=None if org else tenant_id,
+            is_enterprise_install=org,
+        )
+        if bot is None:
+            return None
+        return web_client(self.settings.slack_api_url, bot.bot_token, self.slack_http)
 
     # Handlers --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ goes through the same runtime, memory, tools and storage as one from Slack.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 from redis.asyncio import Redis
@@ -17,6 +18,7 @@ from agents.runtime import AgentRuntime
 from agents.status import StatusBoard
 from agents.tools import build_registry
 from bot import __version__
+from bot.approvals import ApprovalDesk, SlackApprovalNotifier
 from bot.dedupe import EventClaims
 from bot.settings import Settings
 from bot.work import InFlight
@@ -42,6 +44,7 @@ class Services:
     runtime: AgentRuntime
     claims: EventClaims
     inflight: InFlight
+    approvals: ApprovalDesk
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -58,7 +61,7 @@ class Services:
         except BaseException:
             await engine.dispose()
             raise
-        repos = Repositories.over(session_factory(engine))
+        repos = Repositories.over(session_factory(engine), settings.secret_box())
         llm = (
             LLMClient(
                 settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -81,6 +84,8 @@ class Services:
             default_model=settings.model,
             tool_timeout=settings.tool_timeout,
             context_tokens=settings.context_tokens,
+            notifier=SlackApprovalNotifier(repos),
+            approval_ttl=timedelta(hours=settings.approval_ttl),
         )
         return cls(
             settings=settings,
@@ -92,6 +97,7 @@ class Services:
             runtime=runtime,
             claims=EventClaims(repos.claims, redis),
             inflight=InFlight(),
+            approvals=ApprovalDesk(repos, runtime.gate),
         )
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db import async_url
+from storage.secrets import SecretBox, parse_keys
 
 
 class Settings(BaseSettings):
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
     context_tokens: int = Field(
         6000, ge=500, validation_alias=AliasChoices("JAMONO_CONTEXT_TOKENS")
     )
+
+    # Actions: approvals and encrypted credentials
+    approval_ttl: float = Field(
+        24.0, gt=0, validation_alias=AliasChoices("JAMONO_APPROVAL_TTL")
+    )  # hours an approval request waits for a decision
+    secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_SECRET_KEY")
+    )  # Fernet keys, comma-separated, newest first
 
     # Process
     host: str = "127.0.0.1"
@@ -86,6 +95,17 @@ class Settings(BaseSettings):
     def _trailing_slash(cls, value: str) -> str:
         return value if value.endswith("/") else value + "/"
 
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        try:
+            parse_keys(value.get_secret_value())
+        except ValueError as exc:  # the message names a bad key by position, never its value
+            raise ValueError(str(exc).removeprefix("JAMONO_SECRET_KEY: ")) from None
+        return value
+
     @field_validator("slack_bot_token")
     @classmethod
     def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
@@ -131,6 +151,12 @@ class Settings(BaseSettings):
     @property
     def llm_configured(self) -> bool:
         return bool(self.openai_api_key or self.openai_base_url)
+
+    def secret_box(self) -> SecretBox | None:
+        """Encrypts credentials at rest; ``None`` without ``JAMONO_SECRET_KEY``."""
+        if self.secret_key is None:
+            return None
+        return SecretBox.from_setting(self.secret_key.get_secret_value())
 
     def slack_problems(self) -> list[str]:
         """What is missing for the Slack settings given to make a working app (empty when fine)."""
@@ -183,6 +209,7 @@ def load_settings(**overrides: object) -> Settings:
 
 def _describe(error: dict) -> str:
     field = str(error["loc"][0]) if error["loc"] else "settings"
+    field = _FIELDS_BY_ENV_NAME.get(field.lower(), field)  # errors of aliased fields name the alias
     env_name = _ENV_NAMES.get(field, field).upper()
     shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
     message = error["msg"].removeprefix("Value error, ")
@@ -193,3 +220,4 @@ _ENV_NAMES = {
     name: (field.validation_alias.choices[0] if field.validation_alias else name)
     for name, field in Settings.model_fields.items()
 }
+_FIELDS_BY_ENV_NAME = {env.lower(): name for name, env in _ENV_NAMES.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import structlog
 from aiohttp import ClientSession
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import (
@@ -9,6 +10,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+
+log = structlog.get_logger(__name__)
 
 WEB_API_TIMEOUT = 10  # seconds per HTTP attempt
 
@@ -46,3 +49,13 @@ def slack_error(exc: SlackApiError) -> str:
     if isinstance(data, dict):
         return str(data.get("error", "unknown_error"))
     return f"http_{exc.response.status_code}"
+
+
+async def is_workspace_admin(client: AsyncWebClient, user_id: str) -> bool:
+    """Whether ``users.info`` says the user is an admin or owner of the workspace."""
+    try:
+        user = (await client.users_info(user=user_id))["user"]
+    except SlackApiError as exc:
+        log.warning("users_info_failed", user_id=user_id, error=slack_error(exc))
+        return False
+    return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))

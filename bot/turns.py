@@ -29,13 +29,13 @@ from bot.commands import not_enabled
 from bot.render import Reply
 from bot.services import Services
 from bot.slack_client import slack_error
+from bot.threads import DM_PREFIX
 from bot.work import ShuttingDown
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
 DM_SESSION_IDLE = timedelta(hours=4)
-DM_PREFIX = "dm:"
 WORKING_REACTION = "eyes"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 
@@ -83,6 +83,7 @@ class SlackTurns:
             user_id=message.user_id,
             text=MENTION.sub("", message.text).strip() or "(empty message)",
             timezone=config.timezone,
+            slack=client,
         )
         try:
             self.services.inflight.spawn(

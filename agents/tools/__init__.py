@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from agents.status import StatusBoard
-from agents.tools import clock, persona_status
+from agents.tools import clock, persona_status, slack_post
 from agents.tools.registry import Tool, ToolContext, ToolError, ToolRegistry
 
 __all__ = ["Tool", "ToolContext", "ToolError", "ToolRegistry", "build_registry"]
@@ -16,4 +16,5 @@ def build_registry(status: StatusBoard) -> ToolRegistry:
     registry = ToolRegistry()
     registry.register(clock.TOOL)
     registry.register(persona_status.build(status))
+    registry.register(slack_post.TOOL)
     return registry

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
 from jsonschema import Draft202012Validator
 
 from storage.tenancy import Tenant
 
 if TYPE_CHECKING:
+    from slack_sdk.web.async_client import AsyncWebClient
+
     from agents.personas import Persona
+
+log = structlog.get_logger(__name__)
 
 Risk = Literal["read", "write"]
 Handler = Callable[..., Awaitable[Any]]
+Target = Callable[[dict[str, Any]], str]
 
 
 class ToolError(Exception):
@@ -32,6 +40,7 @@ class ToolContext:
     channel_id: str
     thread_ts: str
     timezone: str  # the workspace's IANA timezone
+    slack: AsyncWebClient | None = None  # the workspace's Web API client; None outside Slack
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,8 @@ class Tool:
 
     ``parameters`` is a JSON Schema (draft 2020-12) object schema; arguments are validated
     against it before ``handler(context, **arguments)`` runs. ``risk`` ``write`` marks tools
-    that change something outside Jamono (approvals apply to those).
+    that change something outside Jamono (approvals apply to those). ``target`` names what a
+    call with given arguments changes, for the approval message (e.g. "Slack channel <#C1>").
     """
 
     name: str
@@ -48,6 +58,7 @@ class Tool:
     parameters: dict[str, Any]
     handler: Handler
     risk: Risk = "read"
+    target: Target | None = None
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,14 +67,23 @@ class Tool:
 
     @classmethod
     def from_function(
-        cls, handler: Handler, *, parameters: dict[str, Any], risk: Risk = "read"
+        cls,
+        handler: Handler,
+        *,
+        parameters: dict[str, Any],
+        risk: Risk = "read",
+        target: Target | None = None,
     ) -> Tool:
         """A tool named after ``handler``, described by the first paragraph of its docstring."""
         doc = inspect.getdoc(handler) or ""
         description = " ".join(doc.split("\n\n", 1)[0].split())
         if not description:
             raise ValueError(f"tool {handler.__name__} needs a docstring: it is the description")
-        return cls(handler.__name__, description, parameters, handler, risk)
+        return cls(handler.__name__, description, parameters, handler, risk, target)
+
+    def target_of(self, arguments: dict[str, Any]) -> str:
+        """What a call with ``arguments`` acts on, readable; the tool's name when unknown."""
+        return self.target(arguments) if self.target else self.name
 
     def argument_errors(self, arguments: Any) -> list[str]:
         """Readable schema violations (empty when ``arguments`` is valid)."""
@@ -105,3 +125,26 @@ class ToolRegistry:
 
     def __iter__(self):
         return iter(self._tools.values())
+
+
+async def invoke(
+    tool: Tool, context: ToolContext, arguments: dict[str, Any], time_limit: float
+) -> tuple[str, str]:
+    """Run ``tool``'s handler with validated ``arguments`` within ``time_limit`` seconds.
+
+    Returns ``(status, content)``: status ``ok``, ``error`` or ``timeout``; content is the
+    result as text (JSON for structured results) or a readable ``error: …`` line. Never raises
+    for a tool's failure; cancellation propagates.
+    """
+    try:
+        result = await asyncio.wait_for(tool.handler(context, **arguments), time_limit)
+    except TimeoutError:
+        return "timeout", f"error: the tool did not finish within {time_limit:g} s"
+    except ToolError as exc:
+        return "error", f"error: {exc}"
+    except Exception as exc:  # a broken tool must not end the turn; the model is told
+        log.exception("tool_crashed", tool=tool.name)
+        return "error", f"error: the tool failed unexpectedly ({type(exc).__name__})"
+    if isinstance(result, str):
+        return "ok", result
+    return "ok", json.dumps(result, ensure_ascii=False, default=str)

@@ -29,7 +29,8 @@ def _verbs() -> dict[str, VerbSpec]:
         "metrics": VerbSpec(metrics.run, "usage in this workspace: today and the last 7 days"),
         "config": VerbSpec(
             config.run,
-            "workspace admins: personas, models, channel bindings, timezone",
+            "workspace admins: personas, models, channel bindings, timezone, action zones, "
+            "approvals",
             config.USAGE,
             works_when_disabled=True,
         ),

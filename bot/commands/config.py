@@ -11,6 +11,13 @@ Grammar: ``[persona] verb [value]``; the persona defaults to the command's own.
 ``bind [#channel]``        the persona answers mentions in that channel (default: here)
 ``unbind [#channel]``      the channel goes back to the default persona (NOX)
 ``timezone ZONE``          the workspace's IANA timezone, e.g. ``Europe/Paris``
+``zone #ch [TOOLS|all]``   the persona may act in that channel, with those tools
+                           (comma-separated; default all); once a persona has a zone it
+                           uses tools only in its zones
+``unzone #ch``             remove that zone (no zone left: the persona acts anywhere)
+``autoapprove TOOL [#ch]`` that write tool runs without approval (in that channel only)
+``noautoapprove TOOL [#ch]`` that write tool needs approval (in that channel only)
+``approvers requester|admins`` who may approve: the requester or an admin, or admins only
 =========================  =========================================================
 """
 
@@ -23,8 +30,13 @@ from agents import personas
 from agents.personas import Persona
 from bot.commands.base import Invocation
 from bot.render import Reply, section
+from storage.repositories.policy import ANY_CHANNEL, ActionPolicy
 
-USAGE = "[persona] show|enable|disable|model|temperature|instructions|bind|unbind|timezone …"
+USAGE = (
+    "[persona] show|enable|disable|model|temperature|instructions|bind|unbind|timezone|"
+    "zone|unzone|autoapprove|noautoapprove|approvers …"
+)
+APPROVERS = {"requester": "requester_or_admin", "admins": "admins_only"}
 CHANNEL = re.compile(r"^(?:<#(?P<ref>[CGD][A-Z0-9]+)(?:\|[^>]*)?>|(?P<id>[CGD][A-Z0-9]{6,}))$")
 
 
@@ -41,7 +53,7 @@ async def run(invocation: Invocation) -> Reply:
     verb = words[0].lower() if words else "show"
     value = words[1].strip() if len(words) > 1 else ""
     if verb == "show":
-        return show(invocation)
+        return await show(invocation)
     if not await invocation.request.is_admin():
         return _reply("Only workspace admins and owners can change the configuration.")
     try:
@@ -92,11 +104,56 @@ async def apply(invocation: Invocation, target: Persona, verb: str, value: str) 
             zone = _timezone(value)
             await repo.set_timezone(tenant, zone, actor)
             return f"The workspace timezone is now {zone}."
+        case "zone" | "unzone" | "autoapprove" | "noautoapprove" | "approvers":
+            return await _policy(invocation, target, verb, value)
     raise ConfigError(f"`{verb}` is not a configuration verb.")
 
 
-def show(invocation: Invocation) -> Reply:
+async def _policy(invocation: Invocation, target: Persona, verb: str, value: str) -> str:
+    """Action zones, auto-approval and approvers (see storage.repositories.policy)."""
+    tenant, actor = invocation.request.tenant, invocation.request.user_id
+    policy = invocation.services.repos.policy
+    name = target.display_name
+    first, _, rest = value.partition(" ")
+    match verb:
+        case "zone":
+            channel = _channel_here(invocation, first)
+            tools = _tools(invocation, rest)
+            await policy.set_zone(tenant, target.name, channel, tools, actor)
+            allowed = "every tool" if tools is None else ", ".join(f"`{t}`" for t in tools)
+            return (
+                f"{name} may now act in <#{channel}> with {allowed}. It uses tools only in "
+                "its zones."
+            )
+        case "unzone":
+            channel = _channel_here(invocation, first)
+            if not await policy.remove_zone(tenant, target.name, channel):
+                raise ConfigError(f"<#{channel}> is not one of {name}'s action zones.")
+            left = (await policy.load(tenant)).zones.get(target.name)
+            return f"<#{channel}> is no longer an action zone of {name}." + (
+                "" if left else f" {name} has no zone left, so it may act in any channel."
+            )
+        case "autoapprove" | "noautoapprove":
+            tool = _write_tool(invocation, first)
+            channel = _channel(rest.strip())
+            auto = verb == "autoapprove"
+            await policy.set_auto_approve(tenant, tool, auto, actor, channel)
+            where = f"in <#{channel}>" if channel else "everywhere in this workspace"
+            return f"`{tool}` {'runs without approval' if auto else 'needs approval'} {where}."
+        case _:
+            rule = APPROVERS.get(value.lower())
+            if rule is None:
+                raise ConfigError("Say `approvers requester` or `approvers admins`.")
+            await policy.set_approvers(tenant, rule, actor)
+            who = "the requester or a workspace admin" if value.lower() == "requester" else (
+                "workspace admins only"
+            )
+            return f"Approval requests can now be decided by {who}."
+
+
+async def show(invocation: Invocation) -> Reply:
     config = invocation.config
+    policy = await invocation.services.repos.policy.load(invocation.request.tenant)
     lines = [f"*Workspace timezone:* {config.timezone}"]
     for name in personas.BUILTIN:
         persona = personas.effective(name, config)
@@ -113,7 +170,33 @@ def show(invocation: Invocation) -> Reply:
             )
         )
     lines.append("Channels without a binding are answered by NOX.")
+    lines.extend(_policy_lines(policy))
     return _reply("\n".join(lines))
+
+
+def _policy_lines(policy: ActionPolicy) -> list[str]:
+    lines = ["*Action zones:*"]
+    for persona, zones in sorted(policy.zones.items()):
+        display = personas.BUILTIN[persona].display_name if persona in personas.BUILTIN else persona
+        for channel, tools in sorted(zones.items()):
+            allowed = "all tools" if tools is None else ", ".join(f"`{t}`" for t in sorted(tools))
+            lines.append(f"    {display} in <#{channel}>: {allowed}")
+    if len(lines) == 1:
+        lines[0] += " none — personas may act in any channel"
+    rules = [
+        f"    `{tool}` {'auto-approved' if auto else 'needs approval'} "
+        + ("everywhere" if channel == ANY_CHANNEL else f"in <#{channel}>")
+        for (tool, channel), auto in sorted(policy.auto_approve.items())
+    ]
+    lines.append("*Write tools:* " + ("" if rules else "every write tool needs approval"))
+    lines.extend(rules)
+    who = (
+        "the requester or a workspace admin"
+        if policy.approvers == "requester_or_admin"
+        else "workspace admins only"
+    )
+    lines.append(f"*Approvals decided by:* {who}")
+    return lines
 
 
 def _reply(text: str) -> Reply:
@@ -139,6 +222,39 @@ def _channel(value: str) -> str | None:
             f"`{value}` is not a channel; mention it like #ops so Slack sends its ID."
         )
     return match["ref"] or match["id"]
+
+
+def _channel_here(invocation: Invocation, value: str) -> str:
+    channel = _channel(value) or invocation.request.channel_id
+    if not channel:
+        raise ConfigError("Name the channel, e.g. `zone C0123456789`.")
+    return channel
+
+
+def _tools(invocation: Invocation, value: str) -> list[str] | None:
+    """``all`` (or nothing) → ``None``; else the comma-separated names, each one known."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names or names == ["all"]:
+        return None
+    known = {tool.name for tool in invocation.services.runtime.registry}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"Unknown tool {', '.join(f'`{n}`' for n in unknown)}; tools: "
+            + ", ".join(f"`{n}`" for n in sorted(known))
+        )
+    return names
+
+
+def _write_tool(invocation: Invocation, value: str) -> str:
+    tool = invocation.services.runtime.registry.get(value)
+    writes = sorted(t.name for t in invocation.services.runtime.registry if t.risk == "write")
+    if tool is None or tool.risk != "write":
+        lead = f"`{value}` is a read tool; it never needs approval." if tool else (
+            f"Name a write tool{f', not `{value}`' if value else ''}."
+        )
+        raise ConfigError(f"{lead} Write tools: {', '.join(f'`{n}`' for n in writes)}")
+    return tool.name
 
 
 def _timezone(value: str) -> str:

@@ -9,7 +9,6 @@ import structlog
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_bolt.context.respond.async_respond import AsyncRespond
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
@@ -17,7 +16,7 @@ from bot.commands import CommandRequest, CommandRouter
 from bot.listeners.context import tenant_of
 from bot.render import Reply
 from bot.services import Services
-from bot.slack_client import slack_error
+from bot.slack_client import is_workspace_admin
 from bot.work import ShuttingDown
 
 log = structlog.get_logger(__name__)
@@ -60,13 +59,3 @@ async def answer(router: CommandRouter, request: CommandRequest, respond: AsyncR
         log.exception("command_failed", command=request.command)
         reply = Reply(f"Sorry, `{request.command}` failed on my side. Please try again.")
     await respond(response_type="ephemeral", **reply.as_kwargs())
-
-
-async def is_workspace_admin(client: AsyncWebClient, user_id: str) -> bool:
-    """Whether ``users.info`` says the user is an admin or owner of the workspace."""
-    try:
-        user = (await client.users_info(user=user_id))["user"]
-    except SlackApiError as exc:
-        log.warning("users_info_failed", user_id=user_id, error=slack_error(exc))
-        return False
-    return bool(user.get("is_admin") or user.get("is_owner") or user.get("is_primary_owner"))

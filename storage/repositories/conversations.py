@@ -16,6 +16,8 @@ from storage.models import Conversation, LLMUsage, Message, Turn, utcnow
 from storage.repositories._time import aware
 from storage.tenancy import Tenant
 
+NOTE = "note"  # the status of a turn that only carries a system note (see add_note)
+
 
 @dataclass(frozen=True, slots=True)
 class LLMCallUsage:
@@ -181,6 +183,48 @@ class ConversationRepository:
                 update(Conversation)
                 .where(Conversation.id == conversation_id)
                 .values(updated_at=utcnow())
+            )
+
+
+    async def add_note(
+        self,
+        tenant: Tenant,
+        channel_id: str,
+        thread_ts: str,
+        persona: str,
+        user_id: str,
+        content: str,
+        tokens: int,
+    ) -> None:
+        """Append a ``system`` message to a conversation as its own turn (status ``note``).
+
+        For what happened outside a turn that the model must know on the next one, e.g. an
+        approval decided later in Slack. ``tokens`` is the message's estimate for the budget.
+        """
+        async with self._sessions.begin() as session:
+            conversation_id = await _upsert_conversation(
+                session, tenant, channel_id, thread_ts, persona
+            )
+            turn_id = await session.scalar(
+                insert(Turn)
+                .values(
+                    tenant_id=tenant.id,
+                    conversation_id=conversation_id,
+                    persona=persona,
+                    user_id=user_id,
+                    status=NOTE,
+                    duration_ms=0,
+                )
+                .returning(Turn.id)
+            )
+            await session.execute(
+                insert(Message).values(
+                    conversation_id=conversation_id,
+                    turn_id=turn_id,
+                    role="system",
+                    content=content,
+                    tokens=tokens,
+                )
             )
 
 

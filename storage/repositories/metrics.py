@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import LLMUsage, ToolCall, Turn
 from storage.repositories._time import aware
+from storage.repositories.conversations import NOTE
 from storage.tenancy import Tenant
 
 FAILED_TURN = ("error", "interrupted")
@@ -48,7 +49,11 @@ class MetricsRepository:
                         func.count(func.distinct(Turn.conversation_id)),
                         func.count(Turn.id),
                         func.count(Turn.id).filter(Turn.status.in_(FAILED_TURN)),
-                    ).where(Turn.tenant_id == tenant.id, Turn.started_at >= since)
+                    ).where(
+                        Turn.tenant_id == tenant.id,
+                        Turn.started_at >= since,
+                        Turn.status != NOTE,  # notes record events, not exchanges
+                    )
                 )
             ).one()
             tools = (

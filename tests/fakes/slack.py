@@ -25,13 +25,20 @@ APP_ID = "A0JAMONO"
 
 @dataclass
 class Call:
-    """One Web API request as the fake received it; ``at`` is ``time.monotonic()``."""
+    """One Web API request as the fake received it; ``at`` is ``time.monotonic()``;
+    ``response`` is the JSON the fake answered (``None`` until answered)."""
 
     method: str
     params: dict[str, Any]
     token: str | None
     headers: dict[str, str]
     at: float
+    response: dict[str, Any] | None = None
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        """The ``blocks`` argument, decoded (slack_sdk sends it as JSON text in forms)."""
+        return _json_field(self.params.get("blocks") or [])
 
 
 @dataclass
@@ -227,7 +234,8 @@ class FakeSlack:
         handler = getattr(self, "_m_" + method.replace(".", "_"), None)
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
-        return web.json_response(handler(workspace, params))
+        call.response = handler(workspace, params)
+        return web.json_response(call.response)
 
     def _rate_limited(self, method, workspace, params) -> web.Response | None:
         if method not in self._limits:
@@ -274,6 +282,9 @@ class FakeSlack:
                 "text": params.get("text", ""), "message": self._message(w, params, params["ts"])}
 
     def _m_chat_postEphemeral(self, w: Workspace, params: dict) -> dict:
+        if not params.get("channel") or not params.get("user"):
+            return {"ok": False, "error": "channel_not_found" if params.get("user")
+                    else "user_not_in_channel"}
         return {"ok": True, "message_ts": self._next_ts()}
 
     def _m_chat_delete(self, w: Workspace, params: dict) -> dict:
@@ -483,6 +494,41 @@ class FakeSlack:
             "response_url": self.new_response_url(),
             "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
         }
+
+
+    def block_actions_payload(
+        self, team_id: str, user_id: str, message: Call, action_id: str, value: str,
+    ) -> dict[str, str]:
+        """The form Slack POSTs when ``user_id`` clicks a button of the message that
+        ``message`` (a ``chat.postMessage`` call) posted: ``payload=<block_actions JSON>``."""
+        workspace = next(w for w in self._workspaces.values() if w.team_id == team_id)
+        assert message.response is not None, "the message was not posted"
+        channel, ts = message.response["channel"], message.response["ts"]
+        posted = message.response["message"]
+        block_id = next((b.get("block_id", "") for b in posted.get("blocks", [])
+                         if any(e.get("action_id") == action_id
+                                for e in b.get("elements", []))), "")
+        payload = {
+            "type": "block_actions", "token": "verification-token-unused",
+            "api_app_id": APP_ID, "is_enterprise_install": False,
+            "enterprise": None if workspace.enterprise_id is None
+            else {"id": workspace.enterprise_id, "name": workspace.enterprise_id},
+            "team": {"id": team_id, "domain": workspace.team_name.lower()},
+            "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(),
+                     "team_id": team_id},
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel,
+                          "is_ephemeral": False, "thread_ts": posted.get("thread_ts", "")},
+            "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
+            "channel": {"id": channel, "name": channel.lower()},
+            "message": posted, "state": {"values": {}},
+            "response_url": self.new_response_url(),
+            "actions": [{
+                "type": "button", "action_id": action_id, "block_id": block_id,
+                "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                "value": value, "action_ts": f"{time.time():.6f}",
+            }],
+        }
+        return {"payload": json.dumps(payload)}
 
 
 async def _params(request: web.Request) -> dict[str, Any]:

@@ -1,0 +1,264 @@
+"""The action policy inside the agent loop: action zones, approvals, approved executions.
+
+Before a tool runs, :meth:`ActionGate.screen` applies the workspace's
+:class:`~storage.repositories.policy.ActionPolicy` (the rule is documented there):
+
+* outside the persona's action zones the model gets a polite refusal saying where it may act
+  (audit status ``refused``);
+* a write tool that needs approval becomes a stored approval request, shown to people by the
+  :class:`ApprovalNotifier` the bot layer supplies; the model is told the action waits
+  (audit status ``awaiting_approval``);
+* read tools and auto-approved write tools run at once.
+
+When someone approves, :meth:`ActionGate.execute` runs the stored call, at most once: only the
+caller that wins the guarded ``approved → executing`` transition runs the handler.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from agents import personas
+from agents.memory import estimate_tokens
+from agents.tools.registry import Tool, ToolContext, ToolRegistry, invoke
+from storage.repositories import Repositories
+from storage.repositories.approvals import Approval
+from storage.repositories.policy import ActionPolicy, Verdict
+from storage.tenancy import Tenant
+
+if TYPE_CHECKING:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+log = structlog.get_logger(__name__)
+
+REFUSED = "refused"
+AWAITING_APPROVAL = "awaiting_approval"
+SUMMARY_LIMIT = 500  # characters of an execution result kept with the request and the note
+
+
+class ApprovalNotPosted(Exception):
+    """The approval request could not be shown to anyone; the message says why."""
+
+
+class ApprovalNotifier(Protocol):
+    """Shows a new approval request to the people who may decide it (bot layer: Slack)."""
+
+    async def request(self, approval: Approval, context: ToolContext) -> None:
+        """Post the request where the conversation happens.
+
+        Raises:
+            ApprovalNotPosted: it could not be posted.
+        """
+
+
+async def risk_of(tool: Tool, context: ToolContext, arguments: dict[str, Any]) -> str:
+    """The risk (``read``|``write``) of one call: the single place the gate asks for it."""
+    return tool.risk
+
+
+def refusal_text(persona: personas.Persona, tool: str, channel_id: str, verdict: Verdict) -> str:
+    """What the model is told when the policy forbids a tool here (it relays it politely)."""
+    name = persona.display_name
+    where = ", ".join(f"<#{c}>" for c in verdict.zone_channels)
+    if verdict.refusal == "tool_not_in_zone":
+        allowed = ", ".join(f"`{t}`" for t in verdict.zone_tools) or "none"
+        return (
+            f"not allowed: this workspace's admins let {name} use only {allowed} in "
+            f"<#{channel_id}>, not `{tool}`. Nothing was done. Explain this politely to the "
+            f"user; {name} may act in {where}, and an admin can change the action zones with "
+            f"`/{persona.command_prefix}-config zone`."
+        )
+    return (
+        f"not allowed: this workspace's admins let {name} act only in {where}, not in "
+        f"<#{channel_id}>. Nothing was done. Explain this politely to the user and suggest "
+        f"asking there; an admin can change the action zones with "
+        f"`/{persona.command_prefix}-config zone`."
+    )
+
+
+def waiting_text(approval: Approval, ttl: timedelta) -> str:
+    """What the model is told when a call became an approval request."""
+    hours = ttl.total_seconds() / 3600
+    return (
+        f"awaiting approval: `{approval.tool}` has NOT run yet. An approval request "
+        f"(id {approval.id}) with Approve and Reject buttons was posted in this conversation; "
+        f"the requester or a workspace admin decides, within {hours:g} h. Tell the user it "
+        "waits for their approval and do not call the tool again for the same action; you "
+        "will be told the outcome."
+    )
+
+
+def outcome_note(approval: Approval, state: str, result: str | None = None) -> str:
+    """The system note stored in the conversation once a request was decided or ran."""
+    action = f"`{approval.tool}` on {approval.target} (approval request {approval.id})"
+    decided = f"<@{approval.decided_by}>" if approval.decided_by else "nobody"
+    match state:
+        case "rejected":
+            return f"Approval update: {decided} rejected {action}. It was not done."
+        case "expired":
+            return f"Approval update: {action} expired without a decision. It was not done."
+        case "executed":
+            return f"Approval update: {decided} approved {action}; it ran. Result: {result}"
+        case _:
+            return f"Approval update: {decided} approved {action}, but it failed: {result}"
+
+
+@dataclass(frozen=True)
+class Execution:
+    """An approved call that ran: the request as started, success, readable result."""
+
+    approval: Approval
+    ok: bool
+    result: str
+
+
+class ActionGate:
+    """Applies the policy to the agent loop's tool calls and runs approved ones.
+
+    ``ttl`` is how long a request waits for a decision; ``tool_timeout`` is in seconds.
+    Without a ``notifier`` (no Slack) write tools that need approval are refused.
+    """
+
+    def __init__(
+        self,
+        *,
+        repos: Repositories,
+        registry: ToolRegistry,
+        notifier: ApprovalNotifier | None,
+        ttl: timedelta,
+        tool_timeout: float,
+    ) -> None:
+        self.repos = repos
+        self.registry = registry
+        self.notifier = notifier
+        self.ttl = ttl
+        self.tool_timeout = tool_timeout
+
+    async def policy(self, tenant: Tenant) -> ActionPolicy:
+        """The workspace's policy; the loop loads it once per turn."""
+        return await self.repos.policy.load(tenant)
+
+    async def screen(
+        self,
+        policy: ActionPolicy,
+        tool: Tool,
+        context: ToolContext,
+        arguments: dict[str, Any],
+        tool_call_id: str | None,
+    ) -> tuple[str, str] | None:
+        """``None`` when the call may run now, else ``(audit status, tool result for the model)``.
+
+        Creates and posts the approval request when one is needed.
+        """
+        risk = await risk_of(tool, context, arguments)
+        persona = context.persona
+        verdict = policy.check(persona.name, tool.name, risk, context.channel_id)
+        if not verdict.allowed:
+            return REFUSED, refusal_text(persona, tool.name, context.channel_id, verdict)
+        if not verdict.needs_approval:
+            return None
+        if self.notifier is None or context.slack is None:
+            return REFUSED, (
+                f"not allowed here: `{tool.name}` needs a person's approval in Slack, and this "
+                "conversation is not in Slack. Nothing was done; tell the user to ask in Slack."
+            )
+        approval = await self.repos.approvals.create(
+            context.tenant,
+            persona=persona.name,
+            requested_by=context.user_id,
+            channel_id=context.channel_id,
+            thread_ts=context.thread_ts,
+            tool=tool.name,
+            arguments=arguments,
+            risk=risk,
+            target=tool.target_of(arguments),
+            tool_call_id=tool_call_id,
+            ttl=self.ttl,
+        )
+        try:
+            await self.notifier.request(approval, context)
+        except ApprovalNotPosted as exc:
+            # The request stays pending without a message and simply expires.
+            log.warning("approval_not_posted", request_id=approval.id, reason=str(exc))
+            return "error", (
+                f"error: `{tool.name}` needs approval, but the approval request could not be "
+                f"posted ({exc}). Nothing was done."
+            )
+        log.info("approval_requested", tenant=context.tenant.id, request_id=approval.id)
+        return AWAITING_APPROVAL, waiting_text(approval, self.ttl)
+
+    async def execute(
+        self, tenant: Tenant, request_id: str, slack: AsyncWebClient | None
+    ) -> Execution | None:
+        """Run an approved request once: ``None`` unless this caller won ``approved →
+        executing`` (someone else runs it, it already ran, or it is not approved).
+
+        The handler gets the stored arguments and a context rebuilt from the request (persona
+        with the workspace's overrides, requester, channel, thread, timezone, ``slack``). The
+        outcome is stored with the request, in the tool-call audit and as a note in the
+        conversation. Never raises for a tool's failure.
+        """
+        approval = await self.repos.approvals.start_execution(tenant, request_id)
+        if approval is None:
+            return None
+        started = time.perf_counter()
+        try:
+            status, content = await self._run(tenant, approval, slack)
+        except Exception as exc:  # storage failed while preparing: record it, do not retry
+            log.exception("approved_action_failed", request_id=request_id)
+            status, content = "error", f"error: internal error ({type(exc).__name__})"
+        ok = status == "ok"
+        summary = content[:SUMMARY_LIMIT]
+        await self.repos.approvals.finish_execution(tenant, request_id, summary, ok)
+        await self.repos.audit.record_tool_call(
+            tenant,
+            turn_id=None,
+            persona=approval.persona,
+            user_id=approval.requested_by,
+            tool=approval.tool,
+            arguments=approval.arguments,
+            result_summary=summary,
+            status=status,
+            duration_ms=round((time.perf_counter() - started) * 1000),
+        )
+        await self.note(tenant, approval, "executed" if ok else "failed", summary)
+        log.info("approved_action_ran", tenant=tenant.id, request_id=request_id, ok=ok)
+        return Execution(approval, ok, summary)
+
+    async def note(
+        self, tenant: Tenant, approval: Approval, state: str, result: str | None = None
+    ) -> None:
+        """Tell the conversation's next turn what became of ``approval``."""
+        content = outcome_note(approval, state, result)
+        await self.repos.conversations.add_note(
+            tenant,
+            approval.channel_id,
+            approval.thread_ts,
+            approval.persona,
+            approval.decided_by or approval.requested_by,
+            content,
+            estimate_tokens({"content": content}),
+        )
+
+    async def _run(
+        self, tenant: Tenant, approval: Approval, slack: AsyncWebClient | None
+    ) -> tuple[str, str]:
+        tool = self.registry.get(approval.tool)
+        if tool is None:
+            return "error", f"error: the tool `{approval.tool}` no longer exists"
+        config = await self.repos.config.load(tenant)
+        context = ToolContext(
+            tenant=tenant,
+            persona=personas.effective(approval.persona, config),
+            user_id=approval.requested_by,
+            channel_id=approval.channel_id,
+            thread_ts=approval.thread_ts,
+            timezone=config.timezone,
+            slack=slack,
+        )
+        return await invoke(tool, context, approval.arguments, self.tool_timeout)

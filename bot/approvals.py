@@ -1,0 +1,342 @@
+"""Approval requests in Slack: the message with Approve/Reject buttons and what a click does.
+
+The message (Block Kit, contracts.md "Slack: limits") shows the persona, the tool, its target
+and every argument, with buttons whose ``value`` is the request id. A click
+(``block_actions``) is decided by :class:`ApprovalDesk`: only the requester or a workspace
+admin (per the workspace policy) may decide; the database's guarded transitions make exactly
+one click win and exactly one caller run the action, whatever the number of clicks, approvers,
+Slack retries, replicas or restarts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from agents import personas
+from agents.policy import ActionGate, ApprovalNotPosted
+from agents.tools.registry import ToolContext
+from bot.render import context, header, section
+from bot.slack_client import is_workspace_admin, slack_error
+from bot.threads import slack_thread
+from storage.repositories import Repositories
+from storage.repositories.approvals import Approval, State
+from storage.repositories.policy import ActionPolicy
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+APPROVE, REJECT = "approval_approve", "approval_reject"
+APPROVAL_DENIED = "approval_denied"  # audit: a click by someone not allowed to decide
+ACTIONS_BLOCK = "approval_actions"
+ARGUMENT_LIMIT = 1500  # characters of one argument shown (a section holds 3,000)
+MAX_ARGUMENTS = 40  # argument sections in one message (a message holds 50 blocks)
+
+
+# Rendering ---------------------------------------------------------------------------------
+
+
+def _escape(text: str) -> str:
+    """Slack's mrkdwn control characters shown literally
+    (https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def argument_text(value: Any) -> str:
+    """An argument as the approver reads it: text verbatim, other JSON compact; long values cut."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if len(text) > ARGUMENT_LIMIT:
+        text = text[:ARGUMENT_LIMIT] + f"… ({len(text) - ARGUMENT_LIMIT:,} more characters)"
+    return "```" + _escape(text).replace("```", "`\u200b``") + "```"
+
+
+def _display(approval: Approval) -> str:
+    persona = personas.BUILTIN.get(approval.persona)
+    return persona.display_name if persona else approval.persona
+
+
+def summary_line(approval: Approval) -> str:
+    return (
+        f"*{_display(approval)}* wants to run `{approval.tool}` on *{approval.target}* "
+        f"— asked by <@{approval.requested_by}>."
+    )
+
+
+def request_blocks(approval: Approval, outcome: str | None = None) -> list[dict[str, Any]]:
+    """The approval message: what will happen, and buttons while ``outcome`` is ``None``."""
+    blocks = [header("Approval needed" if outcome is None else "Approval request"),
+              section(summary_line(approval))]
+    items = list(approval.arguments.items())
+    for key, value in items[:MAX_ARGUMENTS]:
+        blocks.append(section(f"*{_escape(key)}*\n{argument_text(value)}"))
+    if len(items) > MAX_ARGUMENTS:
+        blocks.append(context(f"…and {len(items) - MAX_ARGUMENTS} more arguments not shown."))
+    if outcome is not None:
+        blocks.append(section(outcome))
+        return blocks
+    expires = int(approval.expires_at.timestamp())
+    blocks.append(
+        context(
+            f"Expires <!date^{expires}^{{date_short_pretty}} at {{time}}|"
+            f"{approval.expires_at:%Y-%m-%d %H:%M} UTC>. Nothing happens until someone "
+            f"allowed to approve clicks Approve. Request `{approval.id}`."
+        )
+    )
+    blocks.append(
+        {
+            "type": "actions",
+            "block_id": ACTIONS_BLOCK,
+            "elements": [
+                _button("Approve", APPROVE, approval.id, "primary"),
+                _button("Reject", REJECT, approval.id, "danger"),
+            ],
+        }
+    )
+    return blocks
+
+
+def _button(label: str, action_id: str, value: str, style: str) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "text": {"type": "plain_text", "text": label},
+        "action_id": action_id,
+        "value": value,
+        "style": style,
+    }
+
+
+def outcome_text(approval: Approval, result: str | None = None) -> str:
+    """The line replacing the buttons once the request is decided, ran or expired."""
+    by = f"<@{approval.decided_by}>" if approval.decided_by else "someone"
+    match approval.state:
+        case State.EXECUTED:
+            return f"✅ Approved by {by} — done.\n{argument_text(result or '')}"
+        case State.FAILED:
+            return f"⚠️ Approved by {by}, but it failed.\n{argument_text(result or '')}"
+        case State.REJECTED:
+            return f"🚫 Rejected by {by}. Nothing was done."
+        case State.EXPIRED:
+            return "⌛ Expired without a decision. Nothing was done; ask again if still needed."
+        case _:
+            return f"⏳ Approved by {by} — running…"
+
+
+# Posting -----------------------------------------------------------------------------------
+
+
+class SlackApprovalNotifier:
+    """:class:`agents.policy.ApprovalNotifier` for Slack: posts the request in the thread."""
+
+    def __init__(self, repos: Repositories) -> None:
+        self.repos = repos
+
+    async def request(self, approval: Approval, context: ToolContext) -> None:
+        if context.slack is None:
+            raise ApprovalNotPosted("this conversation is not in Slack")
+        try:
+            response = await context.slack.chat_postMessage(
+                channel=approval.channel_id,
+                thread_ts=slack_thread(approval.thread_ts),
+                text=f"Approval needed: {_plain(summary_line(approval))}",
+                blocks=request_blocks(approval),
+            )
+        except SlackApiError as exc:
+            raise ApprovalNotPosted(f"Slack answered {slack_error(exc)}") from None
+        await self.repos.approvals.set_message_ts(context.tenant, approval.id, response["ts"])
+
+
+def _plain(mrkdwn: str) -> str:
+    return mrkdwn.replace("*", "")
+
+
+# Clicks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Click:
+    """One Approve or Reject click from a ``block_actions`` payload."""
+
+    tenant: Tenant
+    request_id: str
+    user_id: str
+    approve: bool
+    channel_id: str
+    message_ts: str | None
+
+
+ClientFor = Callable[[str], Awaitable[AsyncWebClient | None]]
+
+
+class ApprovalDesk:
+    """Decides clicks, runs approved actions (through the gate) and keeps messages current."""
+
+    def __init__(self, repos: Repositories, gate: ActionGate) -> None:
+        self.repos = repos
+        self.gate = gate
+
+    async def click(self, click: Click, client: AsyncWebClient) -> None:
+        """Handle one click; never raises for Slack failures (they are logged)."""
+        approval = await self.repos.approvals.get(click.tenant, click.request_id)
+        if approval is None:
+            await self._ephemeral(client, click, None, "I do not know this approval request.")
+            return
+        policy = await self.repos.policy.load(click.tenant)
+        if not await self._may_decide(click, approval, policy, client):
+            await self.repos.events.record(
+                click.tenant,
+                APPROVAL_DENIED,
+                actor=click.user_id,
+                subject=approval.id,
+                details={"approve": click.approve},
+            )
+            await self._ephemeral(client, click, approval, _not_allowed(approval, policy))
+            return
+        decision = await self.repos.approvals.decide(
+            click.tenant, click.request_id, click.user_id, click.approve
+        )
+        if decision.request is None:
+            return
+        current = _located(decision.request, click)
+        log.info(
+            "approval_click",
+            request_id=current.id,
+            user_id=click.user_id,
+            won=decision.won,
+            state=current.state.value,
+        )
+        if current.state == State.APPROVED and click.approve:
+            # The winner, or a later Approve finding it approved but not started (a restart
+            # between the decision and the execution): start_execution lets one of them run it.
+            await self._execute(click, current, client)
+        elif decision.won:  # rejected
+            await self._update(client, current)
+            await self.gate.note(click.tenant, current, "rejected")
+        elif current.state == State.EXPIRED:
+            await self._update(client, current)
+            await self._ephemeral(
+                client,
+                click,
+                current,
+                f"This request expired at {current.expires_at:%Y-%m-%d %H:%M} UTC; nothing was "
+                "done. Ask again if it is still needed.",
+            )
+        else:
+            await self._ephemeral(client, click, current, _already(current))
+
+    async def _execute(self, click: Click, approval: Approval, client: AsyncWebClient) -> None:
+        execution = await self.gate.execute(click.tenant, approval.id, client)
+        if execution is None:
+            return  # another click runs it and reports
+        done = await self.repos.approvals.get(click.tenant, approval.id)
+        if done is None:
+            return
+        done = _located(done, click)
+        await self._update(client, done, execution.result)
+        mark = "✅" if execution.ok else "⚠️"
+        verb = "ran" if execution.ok else "failed"
+        await self._post(
+            client,
+            done,
+            f"{mark} `{done.tool}` on {done.target} {verb} (approved by <@{done.decided_by}>).",
+        )
+
+    async def _may_decide(
+        self, click: Click, approval: Approval, policy: ActionPolicy, client: AsyncWebClient
+    ) -> bool:
+        if policy.may_approve(click.user_id, approval.requested_by, is_admin=False):
+            return True
+        is_admin = await is_workspace_admin(client, click.user_id)
+        return policy.may_approve(click.user_id, approval.requested_by, is_admin=is_admin)
+
+    async def expire_due(self, client_for: ClientFor) -> int:
+        """Expire every overdue request, update its message and note it in the conversation.
+
+        ``client_for(tenant_id)`` gives the workspace's Web API client (``None``: not
+        installed). Returns how many requests expired.
+        """
+        expired = await self.repos.approvals.expire_due()
+        for approval in expired:
+            tenant = Tenant(team_id=approval.tenant_id)
+            await self.gate.note(tenant, approval, "expired")
+            client = await client_for(approval.tenant_id)
+            if client is not None:
+                await self._update(client, approval)
+        if expired:
+            log.info("approvals_expired", count=len(expired))
+        return len(expired)
+
+    async def _update(
+        self, client: AsyncWebClient, approval: Approval, result: str | None = None
+    ) -> None:
+        """Replace the buttons of the approval message with the outcome."""
+        if approval.message_ts is None:
+            return
+        outcome = outcome_text(approval, result)
+        try:
+            await client.chat_update(
+                channel=approval.channel_id,
+                ts=approval.message_ts,
+                text=f"{_plain(summary_line(approval))} {outcome}",
+                blocks=request_blocks(approval, outcome),
+            )
+        except SlackApiError as exc:
+            log.warning("approval_update_failed", request_id=approval.id, error=slack_error(exc))
+
+    async def _post(self, client: AsyncWebClient, approval: Approval, text: str) -> None:
+        try:
+            await client.chat_postMessage(
+                channel=approval.channel_id, thread_ts=slack_thread(approval.thread_ts), text=text
+            )
+        except SlackApiError as exc:
+            log.warning("approval_post_failed", request_id=approval.id, error=slack_error(exc))
+
+    async def _ephemeral(
+        self, client: AsyncWebClient, click: Click, approval: Approval | None, text: str
+    ) -> None:
+        thread = slack_thread(approval.thread_ts) if approval else None
+        try:
+            await client.chat_postEphemeral(
+                channel=click.channel_id, user=click.user_id, text=text, thread_ts=thread
+            )
+        except SlackApiError as exc:
+            log.warning("approval_ephemeral_failed", error=slack_error(exc))
+
+
+def _located(approval: Approval, click: Click) -> Approval:
+    """The request with its message's ``ts``: stored, else the clicked message's (a process
+    that died right after posting never stored it)."""
+    if approval.message_ts or not click.message_ts:
+        return approval
+    return replace(approval, message_ts=click.message_ts)
+
+
+def _not_allowed(approval: Approval, policy: ActionPolicy) -> str:
+    if policy.approvers == "admins_only":
+        return "Only workspace admins can decide this request; nothing changed."
+    return (
+        f"Only <@{approval.requested_by}> or a workspace admin can decide this request; "
+        "nothing changed."
+    )
+
+
+def _already(approval: Approval) -> str:
+    by = f"<@{approval.decided_by}>" if approval.decided_by else "someone"
+    match approval.state:
+        case State.REJECTED:
+            return f"Already rejected by {by}; nothing was done."
+        case State.APPROVED:
+            return f"Already approved by {by}; it is about to run."
+        case State.EXECUTING:
+            return f"Already approved by {by}; it is running now."
+        case State.EXECUTED:
+            return f"Already approved by {by} and done."
+        case State.FAILED:
+            return f"Already approved by {by}; it ran and failed."
+        case _:
+            return f"This request is {approval.state.value}."
