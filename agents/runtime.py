@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
+from slack_sdk.web.async_client import AsyncWebClient
 
 from agents.llm import NOT_CONFIGURED_HINT, Completion, LLMClient, LLMError, ToolCallRequest
 from agents.memory import estimate_tokens, fit_history
@@ -37,6 +38,7 @@ class TurnRequest:
     user_id: str
     text: str
     timezone: str = "UTC"
+    slack: AsyncWebClient | None = None  # the workspace's client, for tools that post
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class AgentRuntime:
             channel_id=request.channel_id,
             thread_ts=request.thread_ts,
             timezone=request.timezone,
+            slack=request.slack,
         )
         steps = 0
         while True:

@@ -12,6 +12,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agents.connections import Connections, Defaults
 from agents.llm import LLMClient
 from agents.runtime import AgentRuntime
 from agents.status import StatusBoard
@@ -20,9 +21,13 @@ from bot import __version__
 from bot.dedupe import EventClaims
 from bot.settings import Settings
 from bot.work import InFlight
+from integrations.calendar import CalDAVCredentials
+from integrations.jira import CloudCredentials, DataCenterCredentials
+from integrations.resilience import Resilience
 from storage import migrate
 from storage.db import create_engine, ping, session_factory
 from storage.repositories import Repositories
+from storage.secrets import SecretBox
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +44,7 @@ class Services:
     redis: Redis | None
     llm: LLMClient | None
     status: StatusBoard
+    connections: Connections
     runtime: AgentRuntime
     claims: EventClaims
     inflight: InFlight
@@ -58,7 +64,12 @@ class Services:
         except BaseException:
             await engine.dispose()
             raise
-        repos = Repositories.over(session_factory(engine))
+        secrets = (
+            SecretBox.from_setting(settings.secret_key.get_secret_value())
+            if settings.secret_key
+            else None
+        )
+        repos = Repositories.over(session_factory(engine), secrets=secrets)
         llm = (
             LLMClient(
                 settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -74,9 +85,18 @@ class Services:
         status.register_check("database", lambda: _ok(ping(engine)))
         if redis is not None:
             status.register_check("redis", lambda: _ok(redis.ping()))
+        connections = Connections(
+            repos.credentials,
+            Resilience(),  # one per process: circuits outlive the clients
+            defaults=integration_defaults(settings),
+            timeout=settings.integration_timeout,
+            can_store=secrets is not None,
+        )
+        for integration in ("jira", "calendar"):
+            status.register_workspace_check(integration, _health(connections, integration))
         runtime = AgentRuntime(
             llm=llm,
-            registry=build_registry(status),
+            registry=build_registry(status, connections),
             repos=repos,
             default_model=settings.model,
             tool_timeout=settings.tool_timeout,
@@ -89,6 +109,7 @@ class Services:
             redis=redis,
             llm=llm,
             status=status,
+            connections=connections,
             runtime=runtime,
             claims=EventClaims(repos.claims, redis),
             inflight=InFlight(),
@@ -100,6 +121,33 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def integration_defaults(settings: Settings) -> Defaults:
+    """Jira and CalDAV credentials from the environment (``JIRA_*``, ``CALDAV_*``)."""
+    jira = None
+    if settings.jira_url and settings.jira_pat:
+        jira = DataCenterCredentials(settings.jira_url, settings.jira_pat.get_secret_value())
+    elif settings.jira_url and settings.jira_email and settings.jira_api_token:
+        jira = CloudCredentials(
+            settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value()
+        )
+    caldav = None
+    if settings.caldav_url and settings.caldav_calendar:
+        caldav = CalDAVCredentials(
+            settings.caldav_url,
+            settings.caldav_username or "",
+            settings.caldav_password.get_secret_value() if settings.caldav_password else "",
+            settings.caldav_calendar,
+        )
+    return Defaults(jira=jira, caldav=caldav)
+
+
+def _health(connections: Connections, integration):
+    async def check(tenant) -> str:
+        return str(await connections.health(tenant, integration))
+
+    return check
 
 
 async def _ok(check) -> str:

@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from storage.db import async_url
+from storage.secrets import parse_keys
 
 
 class Settings(BaseSettings):
@@ -38,6 +39,24 @@ class Settings(BaseSettings):
     tool_timeout: float = Field(30.0, gt=0, validation_alias=AliasChoices("JAMONO_TOOL_TIMEOUT"))
     context_tokens: int = Field(
         6000, ge=500, validation_alias=AliasChoices("JAMONO_CONTEXT_TOKENS")
+    )
+
+    # Secrets at rest: Fernet keys, comma-separated, newest first (storage/secrets.py)
+    secret_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_SECRET_KEY")
+    )
+
+    # Integrations: defaults for a workspace that stored no credentials of its own
+    jira_url: str | None = None
+    jira_email: str | None = None
+    jira_api_token: SecretStr | None = None
+    jira_pat: SecretStr | None = None
+    caldav_url: str | None = None
+    caldav_username: str | None = None
+    caldav_password: SecretStr | None = None
+    caldav_calendar: str | None = None
+    integration_timeout: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("JAMONO_INTEGRATION_TIMEOUT")
     )
 
     # Process
@@ -72,7 +91,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
-    @field_validator("slack_api_url", "openai_base_url")
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        parse_keys(value.get_secret_value())  # raises ValueError naming the bad key's position
+        return value
+
+    @field_validator("slack_api_url", "openai_base_url", "jira_url", "caldav_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -132,6 +159,28 @@ class Settings(BaseSettings):
     def llm_configured(self) -> bool:
         return bool(self.openai_api_key or self.openai_base_url)
 
+    def integration_problems(self) -> list[str]:
+        """What is missing for the Jira and CalDAV defaults given (empty when fine)."""
+        problems = []
+        cloud = bool(self.jira_email or self.jira_api_token)
+        if self.jira_url and not (self.jira_pat or (self.jira_email and self.jira_api_token)):
+            problems.append(
+                "JIRA_URL needs JIRA_EMAIL and JIRA_API_TOKEN (Jira Cloud) or JIRA_PAT "
+                "(Data Center)"
+            )
+        if self.jira_url and cloud and self.jira_pat:
+            problems.append(
+                "set JIRA_EMAIL/JIRA_API_TOKEN (Cloud) or JIRA_PAT (Data Center), not both"
+            )
+        if not self.jira_url and (cloud or self.jira_pat):
+            problems.append("JIRA_EMAIL, JIRA_API_TOKEN and JIRA_PAT need JIRA_URL")
+        caldav = (self.caldav_username, self.caldav_password, self.caldav_calendar)
+        if self.caldav_url and not self.caldav_calendar:
+            problems.append("CALDAV_URL needs CALDAV_CALENDAR (the calendar's name)")
+        if not self.caldav_url and any(caldav):
+            problems.append("CALDAV_USERNAME, CALDAV_PASSWORD and CALDAV_CALENDAR need CALDAV_URL")
+        return problems
+
     def slack_problems(self) -> list[str]:
         """What is missing for the Slack settings given to make a working app (empty when fine)."""
         if not self.slack_configured:
@@ -175,7 +224,7 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError([_describe(error) for error in exc.errors()]) from None
-    problems = settings.slack_problems()
+    problems = settings.slack_problems() + settings.integration_problems()
     if problems:
         raise SettingsError(problems)
     return settings

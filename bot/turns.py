@@ -84,6 +84,7 @@ class SlackTurns:
             user_id=message.user_id,
             text=MENTION.sub("", message.text).strip() or "(empty message)",
             timezone=config.timezone,
+            slack=client,
         )
         try:
             self.services.inflight.spawn(

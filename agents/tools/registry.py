@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from jsonschema import Draft202012Validator
+from slack_sdk.web.async_client import AsyncWebClient
 
 from storage.tenancy import Tenant
 
@@ -24,7 +25,11 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """Who asks and where: the facts a tool handler may use besides its arguments."""
+    """Who asks and where: the facts a tool handler may use besides its arguments.
+
+    ``thread_ts`` is the conversation key (a Slack thread's ts, or ``dm:…``/``console:…``);
+    ``slack`` is the workspace's Web API client when the turn came from Slack.
+    """
 
     tenant: Tenant
     persona: Persona
@@ -32,6 +37,7 @@ class ToolContext:
     channel_id: str
     thread_ts: str
     timezone: str  # the workspace's IANA timezone
+    slack: AsyncWebClient | None = None
 
 
 @dataclass(frozen=True)
