@@ -53,7 +53,7 @@ INTEGRATIONS: tuple[Integration, ...] = ("jira", "calendar")
 LABELS = {"jira": "Jira", "calendar": "Calendar"}
 _KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's kinds
 
-TEST_TIMEOUT = 2.5  # seconds; a modal submission must be answered within Slack's 3 s
+TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
 
 SECRET_KEY_HINT = (
     "JAMONO_SECRET_KEY is not set, so credentials cannot be stored (they are kept encrypted). "

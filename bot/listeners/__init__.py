@@ -7,7 +7,7 @@ import re
 from slack_bolt.async_app import AsyncApp
 
 from bot.commands import CommandRouter
-from bot.listeners import commands, direct_messages, home, mentions
+from bot.listeners import commands, direct_messages, home, mentions, views
 from bot.services import Services
 from bot.turns import SlackTurns
 
@@ -18,6 +18,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     direct_messages.register(app, turns)
     commands.register(app, CommandRouter(services), services)
     home.register(app, services)
+    views.register(app, services)
 
     # Slack counts a non-2xx answer as a failed delivery and retries it; Bolt answers 404 when
     # no listener matches. Events we subscribe to but do not act on are acked here instead.
