@@ -231,7 +231,9 @@ def load_settings(**overrides: object) -> Settings:
 
 
 def _describe(error: dict) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
+    loc = str(error["loc"][0]) if error["loc"] else "settings"
+    # Fields read under an alias (JAMONO_…) report the alias as their location.
+    field = _FIELDS_BY_ENV_NAME.get(loc.lower(), loc)
     env_name = _ENV_NAMES.get(field, field).upper()
     shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
     message = error["msg"].removeprefix("Value error, ")
@@ -242,3 +244,4 @@ _ENV_NAMES = {
     name: (field.validation_alias.choices[0] if field.validation_alias else name)
     for name, field in Settings.model_fields.items()
 }
+_FIELDS_BY_ENV_NAME = {env.lower(): name for name, env in _ENV_NAMES.items()}
