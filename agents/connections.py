@@ -150,7 +150,7 @@ def explain(exc: IntegrationError) -> str:
     return str(exc)
 
 
-class Calendar:
+class WorkspaceCalendar:
     """One workspace's CalDAV calendar behind the process's retry and circuit policy."""
 
     def __init__(self, credentials: CalDAVCredentials, client: CalDAVClient,
@@ -191,7 +191,7 @@ class Connections:
         self.timeout = timeout
         self.can_store = can_store
         self._jira: dict[str, JiraClient] = {}
-        self._calendars: dict[str, Calendar] = {}
+        self._calendars: dict[str, WorkspaceCalendar] = {}
 
     # -- resolving ----------------------------------------------------------------------------
 
@@ -237,15 +237,15 @@ class Connections:
             self._jira[tenant.id] = client
         return client
 
-    async def calendar(self, tenant: Tenant) -> Calendar | None:
+    async def calendar(self, tenant: Tenant) -> WorkspaceCalendar | None:
         """The workspace's CalDAV calendar, or ``None`` when it has none."""
         credentials = await self.caldav_credentials(tenant)
         if credentials is None:
             return None
         calendar = self._calendars.get(tenant.id)
         if calendar is None or calendar.credentials != credentials:
-            calendar = Calendar(credentials, CalDAVClient(credentials, timeout=self.timeout),
-                                self.resilience, tenant.id)
+            client = CalDAVClient(credentials, timeout=self.timeout)
+            calendar = WorkspaceCalendar(credentials, client, self.resilience, tenant.id)
             self._calendars[tenant.id] = calendar
         return calendar
 

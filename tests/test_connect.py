@@ -127,6 +127,29 @@ async def test_connect_tests_before_saving_and_stores_nothing_in_clear(sqlite_ur
         await services.close()
 
 
+async def test_connect_jira_data_center(sqlite_url):
+    services = await start(sqlite_url, JAMONO_SECRET_KEY=KEY)
+    try:
+        async with FakeJira("datacenter") as jira:
+            from agents.connections import ConnectionFailed
+
+            with pytest.raises(ConnectionFailed) as wrong:
+                await services.connections.connect(TENANT, "jira", {
+                    "url": jira.url, "pat": "stale-token"}, ALICE)
+            assert "check the personal access token" in wrong.value.errors["pat"]
+            done = await services.connections.connect(TENANT, "jira", {
+                "url": jira.url, "pat": jira.pat}, ALICE)
+            assert done.startswith(f"Jira Data Center at {jira.url}, personal access token "
+                                   "••••-456")
+            assert "(Server)" in done
+            found = await (await services.connections.jira(TENANT)).search("project = PAY")
+            assert [issue.key for issue in found.issues] == ["PAY-1"]
+            assert jira.requests_to("GET", "/rest/api/2/search")
+            assert jira.pat not in json.dumps(raw_rows(sqlite_url), default=str)
+    finally:
+        await services.close()
+
+
 async def test_without_a_secret_key_nothing_is_saved_and_the_fix_is_named(sqlite_url, jira):
     services = await start(sqlite_url)
     try:
@@ -181,6 +204,11 @@ async def test_status_lists_each_integration_per_workspace(sqlite_url, jira, rad
                 await client.search("project = OPS")
         status = await command(services, "/nox-status")
         assert "• jira: circuit open: retrying in" in status
+
+        await jira.up()  # new credentials saved: the old circuit is forgotten
+        await services.connections.connect(TENANT, "jira", {
+            "url": jira.url, "email": jira.email, "api_token": jira.api_token}, ALICE)
+        assert "• jira: ok" in await command(services, "/nox-status")
     finally:
         await services.close()
 

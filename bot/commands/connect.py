@@ -1,11 +1,9 @@
 """``/nox-connect``: workspace admins connect Jira and the calendar (CalDAV).
 
-=================================  ==========================================================
-``/nox-connect``                   what is connected, secrets masked (anyone may look)
-``/nox-connect jira|calendar``     a form (modal) for the credentials; on submit the connection
-                                   is tested, then saved encrypted (see bot/listeners/views.py)
-``/nox-connect jira|calendar remove``  delete the workspace's stored credentials
-=================================  ==========================================================
+* ``/nox-connect`` — what is connected, secrets masked (anyone may look);
+* ``/nox-connect jira|calendar`` — a form (modal) for the credentials; on submit the
+  connection is tested, then saved encrypted (see :mod:`bot.listeners.views`);
+* ``/nox-connect jira|calendar remove`` — delete the workspace's stored credentials.
 
 The same is available in a terminal as ``jamono connect``.
 """
