@@ -348,3 +348,27 @@ async def test_nox_incident_end_to_end(http, process, slack, llm, jira):
     assert upload.channel_id == "C0OPS" and upload.thread_ts == thread
     assert b"METHOD:REQUEST" in upload.content and b"PAY-2" in upload.content
     assert "No CalDAV calendar is connected" in reply.params["text"]
+
+
+async def test_connect_form_errors_over_socket_mode(slack, llm, sqlite_url, tmp_path, jira):
+    from bot.commands.connect import connection_view
+
+    slack.add_app_token("xapp-1-A0JAMONO-test")
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_APP_TOKEN": "xapp-1-A0JAMONO-test",
+        "JAMONO_SECRET_KEY": KEY,
+    }
+    process = await started(settings, tmp_path)
+    try:
+        await slack.wait_for_socket_connections(1)
+        view = {"id": "V0CONNECT", **connection_view("jira", "C0OPS")}
+        payload = slack.view_submission_payload(ACME, ALICE, view, {
+            "url": jira.url, "email": jira.email, "api_token": "wrong-token"})
+        envelope_id = await slack.socket_send_envelope("interactive", payload,
+                                                       accepts_response_payload=True)
+        ack, _ = await slack.wait_for_ack(envelope_id)
+        assert ack["payload"]["response_action"] == "errors"
+        assert "HTTP 401" in ack["payload"]["errors"]["api_token"]
+        assert raw_rows(sqlite_url) == []
+    finally:
+        assert await process.stop() == 0, process.output
