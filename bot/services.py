@@ -12,7 +12,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agents.connections import Connections, Defaults
+from agents.connections import INTEGRATIONS, Connections, Defaults
 from agents.llm import LLMClient
 from agents.runtime import AgentRuntime
 from agents.status import StatusBoard
@@ -92,7 +92,7 @@ class Services:
             timeout=settings.integration_timeout,
             can_store=secrets is not None,
         )
-        for integration in ("jira", "calendar"):
+        for integration in INTEGRATIONS:
             status.register_workspace_check(integration, _health(connections, integration))
         runtime = AgentRuntime(
             llm=llm,
