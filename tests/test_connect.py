@@ -372,3 +372,35 @@ async def test_connect_form_errors_over_socket_mode(slack, llm, sqlite_url, tmp_
         assert raw_rows(sqlite_url) == []
     finally:
         assert await process.stop() == 0, process.output
+
+
+async def test_jira_from_the_environment_down_then_back(slack, llm, sqlite_url, tmp_path, jira,
+                                                        http):
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JIRA_URL": jira.url, "JIRA_EMAIL": jira.email, "JIRA_API_TOKEN": jira.api_token,
+    }
+    process = await started(settings, tmp_path)
+    try:
+        async def ask() -> str:
+            event = slack.app_mention_event(ALICE, "C0OPS", f"<@{BOT}> payments issues?")
+            await post_event(http, process.url + "/slack/events", SIGNING_SECRET,
+                             slack.event_callback(ACME, event))
+            (reply,) = await slack.wait_for("chat.postMessage",
+                                            lambda p: p.get("thread_ts") == event["ts"])
+            return json.dumps(reply.params, ensure_ascii=False)
+
+        llm.script = scripted(ToolCall("jira_search", {"jql": "project = PAY"}))
+        await jira.down()
+        down = await ask()
+        assert "Jira is unavailable: Cannot reach Jira at" in down
+        assert "jira_search" in down and "✗ error" in down  # the tools line under the answer
+        assert "Traceback" not in down
+
+        await jira.up()
+        back = await ask()
+        assert f"<{jira.url}/browse/PAY-1|PAY-1> Refund job retries forever" in back
+        async with http.get(process.url + "/healthz") as response:
+            assert response.status == 200
+    finally:
+        assert await process.stop() == 0, process.output
