@@ -49,6 +49,12 @@ def register(app: AsyncApp, services: Services) -> None:
             log.info("connect_refused", integration=integration, fields=sorted(exc.errors))
             await ack(response_action="errors", errors=exc.errors)
             return
+        except Exception:  # the form must get an answer, never a silent failure
+            log.exception("connect_failed", integration=integration)
+            await ack(response_action="errors",
+                      errors={"url": "Saving failed on our side; nothing was saved. Please try "
+                                     "again, or ask the operator to check Jamono's logs."})
+            return
         await ack()
         try:
             await client.chat_postMessage(
