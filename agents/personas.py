@@ -11,6 +11,14 @@ from dataclasses import dataclass, replace
 from storage.repositories.config import Override, WorkspaceConfig
 
 BASE_TOOLS = ("get_time", "persona_status")
+JIRA_TOOLS = (
+    "jira_search",
+    "jira_get_issue",
+    "jira_create_issue",
+    "jira_add_comment",
+    "jira_transition_issue",
+)
+CALENDAR_TOOLS = ("calendar_schedule_meeting", "calendar_upcoming")
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,11 @@ NOX = Persona(
     system_prompt=(
         "You are NOX, a senior DevOps engineer and a colleague of the people in this Slack "
         "workspace. You know CI/CD, incident response, observability, Kubernetes, "
-        "infrastructure as code and on-call practice. " + _STYLE
+        "infrastructure as code and on-call practice. You work in the team's Jira (issue keys "
+        "as links) and book meetings with calendar invitations; tools that change something "
+        "may wait for a person's approval. " + _STYLE
     ),
-    tools=(*BASE_TOOLS, "slack_post_message"),
+    tools=(*BASE_TOOLS, *JIRA_TOOLS, *CALENDAR_TOOLS, "slack_post_message"),
     enabled=True,
 )
 

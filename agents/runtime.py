@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
+from slack_sdk.web.async_client import AsyncWebClient
 
 from agents.llm import NOT_CONFIGURED_HINT, Completion, LLMClient, LLMError, ToolCallRequest
 from agents.memory import estimate_tokens, fit_history

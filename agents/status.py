@@ -16,6 +16,9 @@ from storage.tenancy import Tenant
 HealthCheck = Callable[[], Awaitable[str]]
 """Returns a one-line state ("ok", "connected", …); raising means failing (message shown)."""
 
+WorkspaceCheck = Callable[[Tenant], Awaitable[str]]
+"""A :data:`HealthCheck` whose answer depends on the workspace (its own credentials)."""
+
 CHECK_TIMEOUT = 3.0  # seconds; /nox-status must answer well within Slack's patience
 
 
@@ -66,16 +69,21 @@ class StatusBoard:
         self.default_model = default_model
         self._llm = llm
         self._metrics = metrics
-        self._checks: dict[str, HealthCheck] = {}
+        self._checks: dict[str, WorkspaceCheck] = {}
         self._started = time.monotonic()
 
     def register_check(self, name: str, check: HealthCheck) -> None:
+        """A check whose state is the same for every workspace (database, Redis, Slack)."""
+        self._checks[name] = lambda _tenant: check()
+
+    def register_workspace_check(self, name: str, check: WorkspaceCheck) -> None:
+        """A check that receives the workspace asking (its integrations' states differ)."""
         self._checks[name] = check
 
     async def collect(self, tenant: Tenant, persona: Persona) -> PersonaStatus:
         llm_state, checks, last_error = await asyncio.gather(
             self._llm_state(),
-            asyncio.gather(*(_run_check(check) for check in self._checks.values())),
+            asyncio.gather(*(_run_check(check(tenant)) for check in self._checks.values())),
             self._metrics.last_error(tenant, persona.name),
         )
         return PersonaStatus(
@@ -98,9 +106,9 @@ class StatusBoard:
         return True, f"reachable at {self._llm.endpoint}"
 
 
-async def _run_check(check: HealthCheck) -> str:
+async def _run_check(check: Awaitable[str]) -> str:
     try:
-        return await asyncio.wait_for(check(), CHECK_TIMEOUT)
+        return await asyncio.wait_for(check, CHECK_TIMEOUT)
     except TimeoutError:
         return f"failing: no answer within {CHECK_TIMEOUT:g} s"
     except Exception as exc:  # a health check reports failures, it must not raise them

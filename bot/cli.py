@@ -84,6 +84,31 @@ def _parser() -> argparse.ArgumentParser:
     rotate.set_defaults(handler=_secrets_rotate)
     generate = secrets_sub.add_parser("generate-key", help="print a new Fernet key")
     generate.set_defaults(handler=_secrets_generate_key)
+
+    connect = sub.add_parser(
+        "connect",
+        help="connect a workspace's Jira or calendar, as /nox-connect does",
+        description="The connection is tested before anything is saved; secrets are stored "
+        "encrypted with JAMONO_SECRET_KEY.",
+    )
+    connect_sub = connect.add_subparsers(required=True, metavar="integration")
+    jira = connect_sub.add_parser(
+        "jira", help="Jira Cloud (email + API token) or Data Center (personal access token)"
+    )
+    jira.add_argument("--url", required=True, help="site URL, e.g. https://acme.atlassian.net")
+    jira.add_argument("--email", help="Jira Cloud: the Atlassian account's email")
+    jira.add_argument("--api-token", help="Jira Cloud: an API token")
+    jira.add_argument("--pat", help="Jira Data Center: a personal access token")
+    calendar = connect_sub.add_parser("calendar", help="a CalDAV calendar")
+    calendar.add_argument("--url", required=True, help="CalDAV server URL")
+    calendar.add_argument("--username", required=True)
+    calendar.add_argument("--password", default="")
+    calendar.add_argument("--calendar", required=True, help="the calendar's name")
+    show = connect_sub.add_parser("show", help="what is connected (secrets masked)")
+    for integration, parser_ in (("jira", jira), ("calendar", calendar), ("show", show)):
+        parser_.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
+        parser_.add_argument("--org", action="store_true", help="the id is an org-wide install's")
+        parser_.set_defaults(handler=_connect, integration=integration)
     return parser
 
 
@@ -133,14 +158,18 @@ def _db_current(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def _config(settings: Settings, args: argparse.Namespace) -> int:
-    from bot.commands import CommandRequest, CommandRouter
-
-    tenant = Tenant(
+def _tenant(args: argparse.Namespace) -> Tenant:
+    return Tenant(
         team_id=None if args.org else args.team,
         enterprise_id=args.team if args.org else None,
         is_enterprise_install=args.org,
     )
+
+
+def _config(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.commands import CommandRequest, CommandRouter
+
+    tenant = _tenant(args)
 
     async def main() -> None:
         async with _services(settings) as services:
@@ -189,6 +218,38 @@ def _secrets_generate_key(_: Settings, __: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(settings: Settings, args: argparse.Namespace) -> int:
+    """Test then save (exit 0), or say what failed and save nothing (exit 1)."""
+    from agents.connections import ConnectionFailed
+
+    tenant = _tenant(args)
+    fields = {
+        name: getattr(args, name, None)
+        for name in ("url", "email", "api_token", "pat", "username", "password", "calendar")
+    }
+
+    async def main() -> int:
+        async with _services(settings) as services:
+            connections = services.connections
+            if args.integration == "show":
+                print("\n".join(await connections.describe(tenant)))
+                return 0
+            try:
+                done = await connections.connect(
+                    tenant, args.integration, fields, None,
+                    test_timeout=settings.integration_timeout,
+                )
+            except ConnectionFailed as exc:
+                print("Not saved:", file=sys.stderr)
+                for field, why in exc.errors.items():
+                    print(f"  --{field.replace('_', '-')}: {why}", file=sys.stderr)
+                return 1
+            print(f"Connected: {done}")
+            return 0
+
+    return _execute(main())
+
+
 async def _always() -> bool:
     return True
 
@@ -213,11 +274,11 @@ def _execute(coro) -> int:
     from bot.services import StartupError
 
     try:
-        asyncio.run(coro)
+        code = asyncio.run(coro)
     except StartupError as exc:
         log.error("startup_failed", reason=str(exc))
         print(f"Cannot start: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
+    return code if isinstance(code, int) else 0

@@ -13,6 +13,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agents.connections import INTEGRATIONS, Connections, Defaults
 from agents.llm import LLMClient
 from agents.runtime import AgentRuntime
 from agents.status import StatusBoard
@@ -22,6 +23,9 @@ from bot.approvals import ApprovalDesk, SlackApprovalNotifier
 from bot.dedupe import EventClaims
 from bot.settings import Settings
 from bot.work import InFlight
+from integrations.calendar import CalDAVCredentials
+from integrations.jira import CloudCredentials, DataCenterCredentials
+from integrations.resilience import Resilience
 from storage import migrate
 from storage.db import create_engine, ping, session_factory
 from storage.repositories import Repositories
@@ -41,6 +45,7 @@ class Services:
     redis: Redis | None
     llm: LLMClient | None
     status: StatusBoard
+    connections: Connections
     runtime: AgentRuntime
     claims: EventClaims
     inflight: InFlight
@@ -77,9 +82,18 @@ class Services:
         status.register_check("database", lambda: _ok(ping(engine)))
         if redis is not None:
             status.register_check("redis", lambda: _ok(redis.ping()))
+        connections = Connections(
+            repos.credentials,
+            Resilience(),  # one per process: circuits outlive the clients
+            defaults=integration_defaults(settings),
+            timeout=settings.integration_timeout,
+            can_store=secrets is not None,
+        )
+        for integration in INTEGRATIONS:
+            status.register_workspace_check(integration, _health(connections, integration))
         runtime = AgentRuntime(
             llm=llm,
-            registry=build_registry(status),
+            registry=build_registry(status, connections),
             repos=repos,
             default_model=settings.model,
             tool_timeout=settings.tool_timeout,
@@ -94,6 +108,7 @@ class Services:
             redis=redis,
             llm=llm,
             status=status,
+            connections=connections,
             runtime=runtime,
             claims=EventClaims(repos.claims, redis),
             inflight=InFlight(),
@@ -106,6 +121,33 @@ class Services:
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
+
+
+def integration_defaults(settings: Settings) -> Defaults:
+    """Jira and CalDAV credentials from the environment (``JIRA_*``, ``CALDAV_*``)."""
+    jira = None
+    if settings.jira_url and settings.jira_pat:
+        jira = DataCenterCredentials(settings.jira_url, settings.jira_pat.get_secret_value())
+    elif settings.jira_url and settings.jira_email and settings.jira_api_token:
+        jira = CloudCredentials(
+            settings.jira_url, settings.jira_email, settings.jira_api_token.get_secret_value()
+        )
+    caldav = None
+    if settings.caldav_url and settings.caldav_calendar:
+        caldav = CalDAVCredentials(
+            settings.caldav_url,
+            settings.caldav_username or "",
+            settings.caldav_password.get_secret_value() if settings.caldav_password else "",
+            settings.caldav_calendar,
+        )
+    return Defaults(jira=jira, caldav=caldav)
+
+
+def _health(connections: Connections, integration):
+    async def check(tenant) -> str:
+        return str(await connections.health(tenant, integration))
+
+    return check
 
 
 async def _ok(check) -> str:

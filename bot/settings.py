@@ -49,6 +49,19 @@ class Settings(BaseSettings):
         None, validation_alias=AliasChoices("JAMONO_SECRET_KEY")
     )  # Fernet keys, comma-separated, newest first
 
+    # Integrations: defaults for a workspace that stored no credentials of its own
+    jira_url: str | None = None
+    jira_email: str | None = None
+    jira_api_token: SecretStr | None = None
+    jira_pat: SecretStr | None = None
+    caldav_url: str | None = None
+    caldav_username: str | None = None
+    caldav_password: SecretStr | None = None
+    caldav_calendar: str | None = None
+    integration_timeout: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("JAMONO_INTEGRATION_TIMEOUT")
+    )
+
     # Process
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
@@ -81,7 +94,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
 
-    @field_validator("slack_api_url", "openai_base_url")
+    @field_validator("slack_api_url", "openai_base_url", "jira_url", "caldav_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":
@@ -158,6 +171,28 @@ class Settings(BaseSettings):
             return None
         return SecretBox.from_setting(self.secret_key.get_secret_value())
 
+    def integration_problems(self) -> list[str]:
+        """What is missing for the Jira and CalDAV defaults given (empty when fine)."""
+        problems = []
+        cloud = bool(self.jira_email or self.jira_api_token)
+        if self.jira_url and not (self.jira_pat or (self.jira_email and self.jira_api_token)):
+            problems.append(
+                "JIRA_URL needs JIRA_EMAIL and JIRA_API_TOKEN (Jira Cloud) or JIRA_PAT "
+                "(Data Center)"
+            )
+        if self.jira_url and cloud and self.jira_pat:
+            problems.append(
+                "set JIRA_EMAIL/JIRA_API_TOKEN (Cloud) or JIRA_PAT (Data Center), not both"
+            )
+        if not self.jira_url and (cloud or self.jira_pat):
+            problems.append("JIRA_EMAIL, JIRA_API_TOKEN and JIRA_PAT need JIRA_URL")
+        caldav = (self.caldav_username, self.caldav_password, self.caldav_calendar)
+        if self.caldav_url and not self.caldav_calendar:
+            problems.append("CALDAV_URL needs CALDAV_CALENDAR (the calendar's name)")
+        if not self.caldav_url and any(caldav):
+            problems.append("CALDAV_USERNAME, CALDAV_PASSWORD and CALDAV_CALENDAR need CALDAV_URL")
+        return problems
+
     def slack_problems(self) -> list[str]:
         """What is missing for the Slack settings given to make a working app (empty when fine)."""
         if not self.slack_configured:
@@ -201,15 +236,16 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError([_describe(error) for error in exc.errors()]) from None
-    problems = settings.slack_problems()
+    problems = settings.slack_problems() + settings.integration_problems()
     if problems:
         raise SettingsError(problems)
     return settings
 
 
 def _describe(error: dict) -> str:
-    field = str(error["loc"][0]) if error["loc"] else "settings"
-    field = _FIELDS_BY_ENV_NAME.get(field.lower(), field)  # errors of aliased fields name the alias
+    loc = str(error["loc"][0]) if error["loc"] else "settings"
+    # Fields read under an alias (JAMONO_…) report the alias as their location.
+    field = _FIELDS_BY_ENV_NAME.get(loc.lower(), loc)
     env_name = _ENV_NAMES.get(field, field).upper()
     shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
     message = error["msg"].removeprefix("Value error, ")

@@ -86,10 +86,7 @@ class SlackTurns:
             slack=client,
         )
         try:
-            self.services.inflight.spawn(
-                self._answer(request, client, message.ts, reply_thread),
-                name=f"turn:{message.tenant.id}:{message.channel_id}:{message.ts}",
-            )
+            self.begin(request, client, message.ts, reply_thread)
         except ShuttingDown:
             await self._post(
                 client,
@@ -97,6 +94,24 @@ class SlackTurns:
                 reply_thread,
                 Reply("I am restarting right now; please ask again in a minute."),
             )
+
+    def begin(
+        self,
+        request: TurnRequest,
+        client: AsyncWebClient,
+        message_ts: str,
+        reply_thread: str | None,
+    ) -> None:
+        """Answer ``request`` in the background, reacting on ``message_ts`` while working and
+        replying in ``reply_thread`` (top level when ``None``).
+
+        Raises:
+            ShuttingDown: the process is stopping and takes no new work.
+        """
+        self.services.inflight.spawn(
+            self._answer(request, client, message_ts, reply_thread),
+            name=f"turn:{request.tenant.id}:{request.channel_id}:{message_ts}",
+        )
 
     async def _conversation_key(self, message: IncomingMessage) -> str:
         if not message.is_dm or message.thread_ts:

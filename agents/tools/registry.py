@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from jsonschema import Draft202012Validator
+from slack_sdk.web.async_client import AsyncWebClient
 
 from storage.tenancy import Tenant
 
@@ -32,7 +33,11 @@ class ToolError(Exception):
 
 @dataclass(frozen=True)
 class ToolContext:
-    """Who asks and where: the facts a tool handler may use besides its arguments."""
+    """Who asks and where: the facts a tool handler may use besides its arguments.
+
+    ``thread_ts`` is the conversation key (a Slack thread's ts, or ``dm:…``/``console:…``);
+    ``slack`` is the workspace's Web API client when the turn came from Slack.
+    """
 
     tenant: Tenant
     persona: Persona

@@ -10,7 +10,7 @@ import re
 
 from agents import personas
 from agents.personas import Persona
-from bot.commands import config, help, metrics, status
+from bot.commands import config, connect, help, incident, metrics, status
 from bot.commands.base import CommandRequest, Invocation, VerbSpec, command_lines
 from bot.render import Reply, section
 from bot.services import Services
@@ -33,6 +33,17 @@ def _verbs() -> dict[str, VerbSpec]:
             "approvals",
             config.USAGE,
             works_when_disabled=True,
+        ),
+        "connect": VerbSpec(
+            connect.run,
+            "workspace admins: connect Jira or the calendar (tested, stored encrypted)",
+            connect.USAGE,
+            works_when_disabled=True,
+        ),
+        "incident": VerbSpec(
+            incident.run,
+            "declare an incident: ticket, post-mortem and summary in a new thread",
+            incident.USAGE,
         ),
     }
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from slack_sdk.web.async_client import AsyncWebClient
+
 from agents.personas import Persona
 from bot.render import Reply
 from bot.services import Services
@@ -14,10 +16,13 @@ from storage.tenancy import Tenant
 
 @dataclass(frozen=True)
 class CommandRequest:
-    """A slash command as Slack sends it (``command``, ``text``, ``user_id``, ``channel_id``).
+    """A slash command as Slack sends it (``command``, ``text``, ``user_id``, ``channel_id``,
+    ``trigger_id``).
 
     ``is_admin`` answers whether ``user_id`` is a workspace admin or owner; it is only awaited
-    by verbs that change configuration.
+    by verbs that change configuration. ``trigger_id`` (opens a modal, valid 3 s) and
+    ``slack`` (the workspace's Web API client) are set for commands from Slack only, not for
+    the console or the CLI.
     """
 
     tenant: Tenant
@@ -26,6 +31,8 @@ class CommandRequest:
     user_id: str
     channel_id: str
     is_admin: Callable[[], Awaitable[bool]]
+    trigger_id: str = ""
+    slack: AsyncWebClient | None = None
 
 
 @dataclass(frozen=True)

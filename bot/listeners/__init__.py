@@ -7,7 +7,7 @@ import re
 from slack_bolt.async_app import AsyncApp
 
 from bot.commands import CommandRouter
-from bot.listeners import actions, commands, direct_messages, home, mentions
+from bot.listeners import actions, commands, direct_messages, home, mentions, views
 from bot.services import Services
 from bot.turns import SlackTurns
 
@@ -19,6 +19,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     commands.register(app, CommandRouter(services), services)
     home.register(app, services)
     actions.register(app, services.approvals, services.inflight)
+    views.register(app, services)
 
     # Slack counts a non-2xx answer as a failed delivery and retries it; Bolt answers 404 when
     # no listener matches. Events we subscribe to but do not act on are acked here instead.

@@ -42,6 +42,8 @@ def register(app: AsyncApp, router: CommandRouter, services: Services) -> None:
             user_id=command["user_id"],
             channel_id=command.get("channel_id", ""),
             is_admin=lambda: is_workspace_admin(client, command["user_id"]),
+            trigger_id=command.get("trigger_id", ""),
+            slack=client,
         )
         try:
             services.inflight.spawn(answer(router, request, respond), name=command["command"])

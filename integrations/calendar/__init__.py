@@ -12,6 +12,7 @@ from integrations.calendar.errors import (
     CalendarNotFound,
     CalendarRejected,
     CalendarUnavailable,
+    classify,
 )
 from integrations.calendar.ics import Invitation, Person, build_invitation
 
@@ -28,4 +29,5 @@ __all__ = [
     "Person",
     "StoredEvent",
     "build_invitation",
+    "classify",
 ]

@@ -7,6 +7,7 @@ credentials, the calendar name or the data. Messages never hold a password.
 from __future__ import annotations
 
 from integrations.errors import IntegrationError
+from integrations.resilience import Failure
 
 
 class CalendarError(IntegrationError):
@@ -41,3 +42,17 @@ class CalendarNotFound(CalendarError):
 
 class CalendarRejected(CalendarError):
     """The server refused the request itself (another 4xx, or an unusable answer)."""
+
+
+def classify(exc: BaseException) -> Failure:
+    """The :data:`~integrations.resilience.Classifier` for calendar calls.
+
+    :class:`CalendarUnavailable` is transient (with the server's Retry-After); a refused
+    request or an unusable event (``ValueError``) is the caller's fault, so the server counts
+    as healthy; bad credentials and a missing calendar are failures a person must fix.
+    """
+    if isinstance(exc, CalendarUnavailable):
+        return Failure(transient=True, retry_after=exc.retry_after)
+    if isinstance(exc, CalendarRejected | ValueError):
+        return Failure(caller_fault=True)
+    return Failure()

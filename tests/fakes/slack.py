@@ -42,6 +42,19 @@ class Call:
 
 
 @dataclass
+class UploadedFile:
+    """A file shared through files upload v2: its bytes and where it was shared."""
+
+    id: str
+    filename: str
+    title: str
+    content: bytes
+    channel_id: str | None = None
+    thread_ts: str | None = None
+    initial_comment: str | None = None
+
+
+@dataclass
 class Workspace:
     team_id: str
     bot_token: str
@@ -80,6 +93,10 @@ class FakeSlack:
         self._sent_at: dict[str, float] = {}
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self.files: dict[str, UploadedFile] = {}  # shared by files.completeUploadExternal
+        self._pending_uploads: dict[str, dict[str, Any]] = {}
+        self._trigger_ids: set[str] = set()
+        self.views: list[dict[str, Any]] = []  # views opened by views.open
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -309,13 +326,51 @@ class FakeSlack:
             "is_channel": channel.startswith("C"), "is_member": True,
         }}
 
+    def _m_views_open(self, w: Workspace, params: dict) -> dict:
+        trigger_id = params.get("trigger_id", "")
+        if trigger_id not in self._trigger_ids:
+            return {"ok": False, "error": "invalid_trigger_id"}
+        self._trigger_ids.discard(trigger_id)  # a trigger_id opens one view
+        view = _json_field(params.get("view", "{}"))
+        if view.get("type") != "modal" or not view.get("title") or not view.get("blocks"):
+            return {"ok": False, "error": "invalid_arguments"}
+        opened = {"id": "V" + uuid.uuid4().hex[:10].upper(), "team_id": w.team_id,
+                  "app_id": APP_ID, "state": {"values": {}}, "hash": uuid.uuid4().hex, **view}
+        self.views.append(opened)
+        return {"ok": True, "view": opened}
+
     def _m_files_getUploadURLExternal(self, w: Workspace, params: dict) -> dict:
+        filename, length = params.get("filename"), str(params.get("length", ""))
+        if not filename or not length.isdigit() or int(length) <= 0:
+            return {"ok": False, "error": "invalid_arguments"}
         file_id = "F" + uuid.uuid4().hex[:10].upper()
+        self._pending_uploads[file_id] = {"filename": filename, "length": int(length),
+                                          "team_id": w.team_id, "content": None}
         return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
 
     def _m_files_completeUploadExternal(self, w: Workspace, params: dict) -> dict:
         files = _json_field(params.get("files", "[]"))
-        return {"ok": True, "files": [{"id": f["id"], "title": f.get("title", "")} for f in files]}
+        channel, thread_ts = params.get("channel_id") or None, params.get("thread_ts") or None
+        if thread_ts and not channel:
+            return {"ok": False, "error": "invalid_arguments"}
+        if not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        for f in files:
+            pending = self._pending_uploads.get(f.get("id", ""))
+            if pending is None or pending["team_id"] != w.team_id or pending["content"] is None:
+                return {"ok": False, "error": "file_not_found"}
+        shared = []
+        for f in files:
+            pending = self._pending_uploads.pop(f["id"])
+            upload = UploadedFile(f["id"], pending["filename"], f.get("title") or
+                                  pending["filename"], pending["content"], channel, thread_ts,
+                                  params.get("initial_comment") or None)
+            self.files[upload.id] = upload
+            shared.append({"id": upload.id, "name": upload.filename, "title": upload.title,
+                           "size": len(upload.content), "user": w.bot_user_id,
+                           "user_team": w.team_id, "mimetype": "text/calendar",
+                           "created": int(time.time()), "timestamp": int(time.time())})
+        return {"ok": True, "files": shared}
 
     def _connections_open(self, token: str | None) -> web.Response:
         if token not in self._app_tokens:
@@ -343,8 +398,16 @@ class FakeSlack:
         })
 
     async def _upload(self, request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(text="OK - uploaded")
+        """The upload URL from files.getUploadURLExternal: the bytes, of the announced length."""
+        pending = self._pending_uploads.get(request.match_info["id"])
+        body = await request.read()
+        if pending is None:
+            return web.Response(status=404, text="upload_url not found")
+        if len(body) != pending["length"]:
+            return web.Response(status=400, text="length mismatch")
+        pending["content"] = body
+        await self._notify()
+        return web.Response(text=f"OK - {len(body)}")
 
     async def _response_url(self, request: web.Request) -> web.Response:
         self.responses.append((request.match_info["id"], await request.json()))
@@ -492,7 +555,39 @@ class FakeSlack:
             "user_name": user_id.lower(), "command": command, "text": text,
             "api_app_id": APP_ID, "is_enterprise_install": "false",
             "response_url": self.new_response_url(),
-            "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
+            "trigger_id": self.new_trigger_id(),
+        }
+
+    def new_trigger_id(self) -> str:
+        """A trigger_id views.open accepts once."""
+        trigger_id = f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}"
+        self._trigger_ids.add(trigger_id)
+        return trigger_id
+
+    def view_submission_payload(
+        self, team_id: str, user_id: str, view: dict[str, Any], values: dict[str, str | None],
+    ) -> dict[str, Any]:
+        """The interactivity payload Slack POSTs when ``user_id`` submits the opened ``view``.
+
+        ``values`` maps each input block's block_id to the text typed into its one
+        plain-text input (``None`` for left empty).
+        """
+        state: dict[str, dict[str, Any]] = {}
+        for block in view.get("blocks", []):
+            if block.get("type") != "input":
+                continue
+            element = block["element"]
+            state[block["block_id"]] = {element["action_id"]: {
+                "type": element["type"], "value": values.get(block["block_id"])}}
+        return {
+            "type": "view_submission", "team": {"id": team_id, "domain": "acme"},
+            "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(),
+                     "team_id": team_id},
+            "api_app_id": APP_ID, "token": "verification-token-unused",
+            "trigger_id": self.new_trigger_id(),
+            "view": {**view, "state": {"values": state}, "root_view_id": view.get("id"),
+                     "previous_view_id": None},
+            "enterprise": None, "is_enterprise_install": False, "response_urls": [],
         }
 
 

@@ -1,0 +1,378 @@
+"""Each workspace's Jira and calendar: its stored credentials first, else the environment's.
+
+:class:`Connections` (one per process) resolves a workspace's credentials on every use, so a
+change saved by ``/nox-connect`` takes effect at once: it keeps one client per workspace and
+drops it when the credentials differ from the ones it was built with. Every call goes through
+the process's :class:`~integrations.resilience.Resilience` (retries, one circuit per
+(workspace, integration)). It also tests and saves new credentials (``/nox-connect`` and
+``jamono connect``) and reports each integration's health for ``/nox-status``.
+
+Stored settings (encrypted by the credentials repository), by integration:
+``jira`` — ``{"url", "email", "api_token"}`` (Cloud) or ``{"url", "pat"}`` (Data Center);
+``calendar`` (repository kind ``caldav``) — ``{"url", "username", "password", "calendar"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+import structlog
+
+from integrations import calendar as cal
+from integrations.calendar import (
+    CalDAVClient,
+    CalDAVCredentials,
+    CalendarAuthError,
+    CalendarEvent,
+    CalendarNotFound,
+    CalendarUnavailable,
+    StoredEvent,
+)
+from integrations.errors import IntegrationError
+from integrations.jira import (
+    CloudCredentials,
+    DataCenterCredentials,
+    JiraAuthError,
+    JiraClient,
+    JiraCredentials,
+    JiraUnavailable,
+)
+from integrations.resilience import Health, Resilience
+from storage.repositories.credentials import CredentialRepository, MissingSecretKey
+from storage.secrets import SecretsError, mask
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+Integration = Literal["jira", "calendar"]
+INTEGRATIONS: tuple[Integration, ...] = ("jira", "calendar")
+LABELS = {"jira": "Jira", "calendar": "Calendar"}
+_KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's kinds
+
+TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
+
+SECRET_KEY_HINT = (
+    "JAMONO_SECRET_KEY is not set, so credentials cannot be stored (they are kept encrypted). "
+    "Set it to a Fernet key — generate one with "
+    "`python -c \"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())\"`"
+    " — restart Jamono, then connect again. Nothing was saved."
+)
+
+
+class NotConnected(IntegrationError):
+    """The workspace has no credentials for the integration, stored or from the environment."""
+
+    def __init__(self, integration: Integration) -> None:
+        what = "Jira" if integration == "jira" else "No calendar (CalDAV)"
+        verb = "is not" if integration == "jira" else "is"
+        super().__init__(
+            integration,
+            f"{what} {verb} connected in this workspace. A workspace admin can connect it with "
+            f"`/nox-connect {integration}` (or `jamono connect {integration}`).",
+        )
+
+
+class ConnectionFailed(Exception):
+    """New credentials were refused; ``errors`` maps each field at fault (``url``, ``email``,
+    ``api_token``, ``pat``, ``username``, ``password``, ``calendar``) to what is wrong."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{field}: {why}" for field, why in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Credentials from the environment, used by workspaces that stored none."""
+
+    jira: JiraCredentials | None = None
+    caldav: CalDAVCredentials | None = None
+
+
+def jira_credentials(fields: Mapping[str, str | None]) -> JiraCredentials:
+    """Credentials from ``url`` with ``email`` + ``api_token`` (Cloud) or ``pat`` (Data
+    Center). Raises :class:`ConnectionFailed` naming the missing or conflicting fields."""
+    url, email = _text(fields, "url"), _text(fields, "email")
+    token, pat = _text(fields, "api_token"), _text(fields, "pat")
+    errors = {}
+    if not url.startswith(("http://", "https://")):
+        errors["url"] = "Give the Jira site's address, such as https://acme.atlassian.net"
+    if pat and (email or token):
+        errors["pat"] = ("Give either an email and API token (Jira Cloud) or a personal access "
+                         "token (Data Center), not both.")
+    elif not pat and not (email and token):
+        field = "api_token" if email else "email"
+        errors[field] = ("Jira Cloud needs the account's email and an API token; Data Center a "
+                         "personal access token.")
+    if errors:
+        raise ConnectionFailed(errors)
+    if pat:
+        return DataCenterCredentials(url, pat)
+    return CloudCredentials(url, email, token)
+
+
+def caldav_credentials(fields: Mapping[str, str | None]) -> CalDAVCredentials:
+    """Credentials from ``url``, ``username``, ``password`` and ``calendar``.
+
+    Raises :class:`ConnectionFailed` on a non-http(s) URL or an empty calendar name."""
+    calendar = _text(fields, "calendar")
+    try:
+        return CalDAVCredentials(_text(fields, "url"), _text(fields, "username"),
+                                 _text(fields, "password"), calendar)
+    except ValueError as exc:
+        raise ConnectionFailed({"calendar" if not calendar else "url": str(exc)}) from None
+
+
+def _jira_settings(credentials: JiraCredentials) -> dict[str, str]:
+    if isinstance(credentials, CloudCredentials):
+        return {"url": credentials.url, "email": credentials.email,
+                "api_token": credentials.api_token}
+    return {"url": credentials.url, "pat": credentials.personal_access_token}
+
+
+def _caldav_settings(credentials: CalDAVCredentials) -> dict[str, str]:
+    return {"url": credentials.url, "username": credentials.username,
+            "password": credentials.password, "calendar": credentials.calendar}
+
+
+def _text(fields: Mapping[str, str | None], name: str) -> str:
+    return (fields.get(name) or "").strip()
+
+
+def explain(exc: IntegrationError) -> str:
+    """What to tell a person about a failed integration call (never a traceback)."""
+    if isinstance(exc, JiraUnavailable | CalendarUnavailable):
+        return f"{LABELS.get(exc.integration, exc.integration)} is unavailable: {exc}"
+    return str(exc)
+
+
+class WorkspaceCalendar:
+    """One workspace's CalDAV calendar behind the process's retry and circuit policy."""
+
+    def __init__(self, credentials: CalDAVCredentials, client: CalDAVClient,
+                 resilience: Resilience, workspace: str) -> None:
+        self.credentials = credentials
+        self.name = credentials.calendar
+        self._client = client
+        self._resilience = resilience
+        self._workspace = workspace
+
+    async def store_event(self, store_ics: bytes) -> StoredEvent:
+        """See :meth:`CalDAVClient.store_event`; retried, since a PUT by UID is idempotent."""
+        return await self._resilience.call(
+            self._workspace, "calendar", lambda: self._client.store_event(store_ics),
+            classify=cal.classify,
+        )
+
+    async def upcoming(self, now: datetime, days: int, limit: int) -> list[CalendarEvent]:
+        """See :meth:`CalDAVClient.upcoming`."""
+        return await self._resilience.call(
+            self._workspace, "calendar", lambda: self._client.upcoming(now, days, limit),
+            classify=cal.classify,
+        )
+
+
+class Connections:
+    """Per-workspace integration clients, their health, and connecting new credentials.
+
+    ``timeout`` (seconds) bounds each HTTP request to Jira and each CalDAV call;
+    ``can_store`` says whether a secret key is configured (credentials can be saved).
+    """
+
+    def __init__(self, credentials: CredentialRepository, resilience: Resilience, *,
+                 defaults: Defaults, timeout: float, can_store: bool) -> None:
+        self._credentials = credentials
+        self.resilience = resilience
+        self.defaults = defaults
+        self.timeout = timeout
+        self.can_store = can_store
+        self._jira: dict[str, JiraClient] = {}
+        self._calendars: dict[str, WorkspaceCalendar] = {}
+
+    # -- resolving ----------------------------------------------------------------------------
+
+    async def _stored(self, tenant: Tenant, integration: Integration) -> dict | None:
+        kind = _KIND[integration]
+        try:
+            return await self._credentials.load(tenant, kind)
+        except MissingSecretKey:
+            stored = {info.kind for info in await self._credentials.configured(tenant)}
+            if kind in stored:
+                raise IntegrationError(
+                    integration,
+                    f"{LABELS[integration]} credentials are stored for this workspace but "
+                    "JAMONO_SECRET_KEY is not set, so they cannot be read. Ask the operator "
+                    "to set the key they were saved with.",
+                ) from None
+            return None
+        except SecretsError as exc:
+            raise IntegrationError(integration, f"{LABELS[integration]} credentials: {exc}") \
+                from None
+
+    async def jira_credentials(self, tenant: Tenant) -> JiraCredentials | None:
+        """The workspace's Jira credentials (stored, else the environment's), or ``None``.
+
+        Raises IntegrationError when stored credentials cannot be decrypted."""
+        stored = await self._stored(tenant, "jira")
+        return jira_credentials(stored) if stored else self.defaults.jira
+
+    async def caldav_credentials(self, tenant: Tenant) -> CalDAVCredentials | None:
+        """The workspace's CalDAV credentials (stored, else the environment's), or ``None``."""
+        stored = await self._stored(tenant, "calendar")
+        return caldav_credentials(stored) if stored else self.defaults.caldav
+
+    async def jira(self, tenant: Tenant) -> JiraClient:
+        """The workspace's Jira client. Raises :class:`NotConnected` without credentials."""
+        credentials = await self.jira_credentials(tenant)
+        if credentials is None:
+            raise NotConnected("jira")
+        client = self._jira.get(tenant.id)
+        if client is None or client.credentials != credentials:
+            client = JiraClient(credentials, resilience=self.resilience, workspace=tenant.id,
+                                timeout=self.timeout)
+            self._jira[tenant.id] = client
+        return client
+
+    async def calendar(self, tenant: Tenant) -> WorkspaceCalendar | None:
+        """The workspace's CalDAV calendar, or ``None`` when it has none."""
+        credentials = await self.caldav_credentials(tenant)
+        if credentials is None:
+            return None
+        calendar = self._calendars.get(tenant.id)
+        if calendar is None or calendar.credentials != credentials:
+            client = CalDAVClient(credentials, timeout=self.timeout)
+            calendar = WorkspaceCalendar(credentials, client, self.resilience, tenant.id)
+            self._calendars[tenant.id] = calendar
+        return calendar
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def health(self, tenant: Tenant, integration: Integration) -> Health:
+        """``not configured``; ``circuit open`` while calls are refused; else a live check
+        (Jira ``serverInfo`` + ``myself``, CalDAV principal + calendar): ``ok`` or
+        ``failing`` with the reason."""
+        try:
+            if integration == "jira":
+                credentials = await self.jira_credentials(tenant)
+            else:
+                credentials = await self.caldav_credentials(tenant)
+        except IntegrationError as exc:
+            return Health("failing", str(exc))
+        if credentials is None:
+            return Health("not configured")
+        known = self.resilience.health(tenant.id, integration)
+        if known.state == "circuit open":
+            return known
+        try:
+            await self._test(integration, credentials, self.timeout)
+        except IntegrationError as exc:
+            return Health("failing", str(exc))
+        return Health("ok")
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    async def connect(self, tenant: Tenant, integration: Integration,
+                      fields: Mapping[str, str | None], actor: str | None, *,
+                      test_timeout: float = TEST_TIMEOUT) -> str:
+        """Test ``fields`` (see :func:`jira_credentials`, :func:`caldav_credentials`) and, when
+        they work, save them encrypted and reset the workspace's circuit.
+
+        Returns a confirmation with the secrets masked. Raises :class:`ConnectionFailed` (the
+        fields at fault and why; nothing saved) — also when no secret key is configured.
+        """
+        if not self.can_store:
+            raise ConnectionFailed({"url": SECRET_KEY_HINT})
+        credentials = (jira_credentials(fields) if integration == "jira"
+                       else caldav_credentials(fields))
+        try:
+            found = await self._test(integration, credentials, test_timeout)
+        except IntegrationError as exc:
+            raise ConnectionFailed(_field_errors(credentials, exc)) from None
+        if integration == "jira":
+            settings = _jira_settings(credentials)
+            account = getattr(credentials, "email", None)
+        else:
+            settings = _caldav_settings(credentials)
+            account = credentials.username or None
+        try:
+            await self._credentials.save(tenant, _KIND[integration], settings, actor,
+                                         url=credentials.url, account=account)
+        except MissingSecretKey:
+            raise ConnectionFailed({"url": SECRET_KEY_HINT}) from None
+        self.resilience.forget(tenant.id, integration)
+        log.info("integration_connected", tenant=tenant.id, integration=integration,
+                 url=credentials.url if integration == "jira" else credentials.server)
+        return f"{describe_credentials(credentials)} — tested: {found}."
+
+    async def disconnect(self, tenant: Tenant, integration: Integration,
+                         actor: str | None) -> bool:
+        """Delete the workspace's stored credentials; ``True`` when there were some."""
+        removed = await self._credentials.delete(tenant, _KIND[integration], actor)
+        self.resilience.forget(tenant.id, integration)
+        return removed
+
+    async def describe(self, tenant: Tenant) -> list[str]:
+        """One line per integration: what is connected (secrets masked) and from where."""
+        stored = {info.kind: info for info in await self._credentials.configured(tenant)}
+        lines = []
+        for integration in INTEGRATIONS:
+            info = stored.get(_KIND[integration])
+            default = self.defaults.jira if integration == "jira" else self.defaults.caldav
+            if info is not None:
+                who = f" by <@{info.updated_by}>" if info.updated_by else ""
+                account = f" as {info.account}" if info.account else ""
+                lines.append(f"{LABELS[integration]}: {info.url}{account} (secret ••••; saved "
+                             f"{info.updated_at:%Y-%m-%d %H:%M} UTC{who})")
+            elif default is not None:
+                lines.append(f"{LABELS[integration]}: {describe_credentials(default)} "
+                             "(from the environment)")
+            else:
+                lines.append(f"{LABELS[integration]}: not connected — "
+                             f"`/nox-connect {integration}`")
+        return lines
+
+    async def _test(self, integration: Integration,
+                    credentials: JiraCredentials | CalDAVCredentials, within: float) -> str:
+        """One attempt, outside the circuit; returns what was found. Raises IntegrationError."""
+        try:
+            if integration == "jira":
+                check = await asyncio.wait_for(
+                    JiraClient(credentials, resilience=self.resilience, timeout=within).check(),
+                    within)
+                return f"{check.server_title} {check.version} ({check.deployment}), " \
+                       f"signed in as {check.user}"
+            await asyncio.wait_for(CalDAVClient(credentials, timeout=within).check(), within)
+            return f"calendar '{credentials.calendar}' found"
+        except TimeoutError:
+            server = credentials.url if integration == "jira" else credentials.server
+            error = JiraUnavailable if integration == "jira" else CalendarUnavailable
+            raise error(f"{server} did not answer within {within:g} s") from None
+
+
+def describe_credentials(credentials: JiraCredentials | CalDAVCredentials) -> str:
+    """``Jira Cloud at URL as EMAIL, API token ••••1234`` — secrets masked."""
+    if isinstance(credentials, CloudCredentials):
+        return (f"Jira Cloud at {credentials.url} as {credentials.email}, API token "
+                f"{mask(credentials.api_token)}")
+    if isinstance(credentials, DataCenterCredentials):
+        return (f"Jira Data Center at {credentials.url}, personal access token "
+                f"{mask(credentials.personal_access_token)}")
+    return (f"calendar '{credentials.calendar}' at {credentials.server} as "
+            f"{credentials.username or '(anonymous)'}, password {mask(credentials.password)}")
+
+
+def _field_errors(credentials: JiraCredentials | CalDAVCredentials,
+                  exc: IntegrationError) -> dict[str, str]:
+    """Which form field a failed connection test points at."""
+    message = str(exc)
+    if isinstance(exc, JiraAuthError):
+        return {"api_token" if isinstance(credentials, CloudCredentials) else "pat": message}
+    if isinstance(exc, CalendarAuthError):
+        return {"password": message}
+    if isinstance(exc, CalendarNotFound) and exc.available:
+        return {"calendar": message}
+    return {"url": message}
