@@ -87,7 +87,7 @@ class Services:
             Resilience(),  # one per process: circuits outlive the clients
             defaults=integration_defaults(settings),
             timeout=settings.integration_timeout,
-            can_store=secrets is not None,
+            can_store=settings.secret_key is not None,
         )
         for integration in INTEGRATIONS:
             status.register_workspace_check(integration, _health(connections, integration))
