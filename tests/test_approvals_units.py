@@ -166,7 +166,7 @@ async def configure(services, text: str, admin: bool = True) -> str:
         ("noautoapprove slack_post_message <#C0PROD>",
          "`slack_post_message` needs approval in <#C0PROD>"),
         ("autoapprove get_time", "`get_time` is a read tool; it never needs approval"),
-        ("autoapprove", "Name a write tool. Write tools: `slack_post_message`"),
+        ("autoapprove", "Name a write tool. Write tools: `calendar_schedule_meeting`, "),
         ("approvers admins", "decided by workspace admins only"),
         ("approvers everyone", "Say `approvers requester` or `approvers admins`"),
     ],

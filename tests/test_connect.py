@@ -17,7 +17,19 @@ from bot.services import Services
 from bot.settings import load_settings
 from integrations.errors import IntegrationError
 from storage.tenancy import Tenant
-from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, BOT, SIGNING_SECRET, base_settings, started
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    BOB,
+    BOT,
+    SIGNING_SECRET,
+    approval_id,
+    base_settings,
+    click,
+    has_buttons,
+    started,
+)
 from tests.fakes import ToolCall, post_event, post_form
 from tests.fakes.jira import FakeJira
 from tests.radicale import running_radicale
@@ -337,17 +349,26 @@ async def test_nox_incident_end_to_end(http, process, slack, llm, jira):
     (opening,) = await slack.wait_for(
         "chat.postMessage", lambda p: "Incident* declared by" in p.get("text", ""))
     assert opening.params["channel"] == "C0OPS" and "thread_ts" not in opening.params
-    (reply,) = await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts")
-                                    and "Tool result" in p.get("text", ""))
-    thread = reply.params["thread_ts"]
     instructions = llm.requests[0]["messages"][-1]["content"]
     assert "payments API down since 14:05" in instructions
     assert "jira_create_issue" in instructions and "calendar_schedule_meeting" in instructions
+
+    # Each write waits for its approval in the thread; nothing has happened yet.
+    requests = await slack.wait_for("chat.postMessage", has_buttons, count=2)
+    thread = requests[0].params["thread_ts"]
+    assert {r.params["thread_ts"] for r in requests} == {thread}
+    assert "`jira_create_issue`" in str(requests[0].blocks)
+    assert "`calendar_schedule_meeting`" in str(requests[1].blocks)
+    assert jira.requests_to("POST", "/rest/api/2/issue") == [] and not slack.files
+
+    for request in requests:
+        await click(http, process, slack, request, approval_id(request))
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == thread
+                         and "ran" in p.get("text", ""), count=2)
     assert len(jira.requests_to("POST", "/rest/api/2/issue")) == 1
     (upload,) = slack.files.values()
     assert upload.channel_id == "C0OPS" and upload.thread_ts == thread
     assert b"METHOD:REQUEST" in upload.content and b"PAY-2" in upload.content
-    assert "No CalDAV calendar is connected" in reply.params["text"]
 
 
 async def test_connect_form_errors_over_socket_mode(slack, llm, sqlite_url, tmp_path, jira):

@@ -37,8 +37,8 @@ from integrations.resilience import CircuitOpenError, Failure
         ({"CALDAV_URL": "https://cal.example.com/"}, "CALDAV_URL needs CALDAV_CALENDAR"),
         ({"CALDAV_USERNAME": "nox"}, "need CALDAV_URL"),
         ({"JIRA_URL": "ftp://jira"}, "JIRA_URL='ftp://jira': must be an http:// or https:// URL"),
-        ({"JAMONO_SECRET_KEY": "not-a-key"}, "JAMONO_SECRET_KEY=(hidden): JAMONO_SECRET_KEY: "
-                                             "key #1 of 1 is not a Fernet key"),
+        ({"JAMONO_SECRET_KEY": "not-a-key"},
+         "JAMONO_SECRET_KEY=(hidden): key #1 of 1 is not a Fernet key"),
     ],
 )
 def test_integration_settings_problems(env, problem):

@@ -11,7 +11,18 @@ import pytest
 from storage.db import create_engine, session_factory
 from storage.repositories import Repositories
 from storage.tenancy import Tenant
-from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, BOT, SIGNING_SECRET, base_settings, started
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    BOB,
+    BOT,
+    SIGNING_SECRET,
+    base_settings,
+    click,
+    has_buttons,
+    started,
+)
 from tests.fakes import ToolCall, post_event, post_form
 from tests.fakes.llm import default_script
 
@@ -54,11 +65,6 @@ async def mention(http, jamono, slack, text, user=ALICE, channel="C0OPS", thread
     return event
 
 
-def has_buttons(params):
-    blocks = params.get("blocks")
-    return bool(blocks) and "approval_approve" in str(blocks)
-
-
 async def request_approval(http, jamono, slack, text="announce payments API is down",
                            user=ALICE):
     """Mention NOX so it asks to post; returns (mention event, approval message call, id)."""
@@ -68,15 +74,6 @@ async def request_approval(http, jamono, slack, text="announce payments API is d
     )
     (actions,) = [b for b in message.blocks if b["type"] == "actions"]
     return event, message, actions["elements"][0]["value"]
-
-
-async def click(http, jamono, slack, message, request_id, user=ALICE, approve=True, **kw):
-    fields = slack.block_actions_payload(
-        ACME, user, message, "approval_approve" if approve else "approval_reject", request_id
-    )
-    status, _ = await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields, **kw)
-    assert status == 200
-    return fields
 
 
 async def handled_clicks(jamono, count, timeout=10.0):

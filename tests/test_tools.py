@@ -89,6 +89,7 @@ class Stack:
     """A runtime whose tools use ``defaults`` and a quick test resilience policy."""
 
     def __init__(self, services: Services, defaults: Defaults) -> None:
+        self.services = services
         self.resilience = Resilience(
             RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02, jitter=0.01),
             BreakerPolicy(failure_threshold=5, reset_timeout=RESET),
@@ -102,7 +103,14 @@ class Stack:
         )
 
     async def ask(self, text: str, slack=None, thread: str | None = None, tenant=TENANT):
-        """One turn in a new thread (or in ``thread``)."""
+        """One turn in a new thread (or in ``thread``).
+
+        These tests are about the tools, so the workspace auto-approves its write tools;
+        the approval flow in front of them is tested in tests/test_*approvals*.py.
+        """
+        for tool in self.runtime.registry:
+            if tool.risk == "write":
+                await self.services.repos.policy.set_auto_approve(tenant, tool.name, True, "test")
         self.thread = thread or next(THREADS)
         return await self.runtime.run(TurnRequest(
             tenant=tenant, persona=NOX, channel_id="C0OPS", thread_ts=self.thread,
