@@ -349,12 +349,12 @@ async def test_nox_incident_end_to_end(http, process, slack, llm, jira):
     (opening,) = await slack.wait_for(
         "chat.postMessage", lambda p: "Incident* declared by" in p.get("text", ""))
     assert opening.params["channel"] == "C0OPS" and "thread_ts" not in opening.params
-    instructions = llm.requests[0]["messages"][-1]["content"]
-    assert "payments API down since 14:05" in instructions
-    assert "jira_create_issue" in instructions and "calendar_schedule_meeting" in instructions
 
     # Each write waits for its approval in the thread; nothing has happened yet.
     requests = await slack.wait_for("chat.postMessage", has_buttons, count=2)
+    instructions = llm.requests[0]["messages"][-1]["content"]
+    assert "payments API down since 14:05" in instructions
+    assert "jira_create_issue" in instructions and "calendar_schedule_meeting" in instructions
     thread = requests[0].params["thread_ts"]
     assert {r.params["thread_ts"] for r in requests} == {thread}
     assert "`jira_create_issue`" in str(requests[0].blocks)
