@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 Risk = Literal["read", "write"]
 Handler = Callable[..., Awaitable[Any]]
+Assess = Callable[["ToolContext", dict[str, Any]], Awaitable[Risk]]
 
 
 class ToolError(Exception):
@@ -40,7 +41,8 @@ class Tool:
 
     ``parameters`` is a JSON Schema (draft 2020-12) object schema; arguments are validated
     against it before ``handler(context, **arguments)`` runs. ``risk`` ``write`` marks tools
-    that change something outside Jamono (approvals apply to those).
+    that change something outside Jamono (approvals apply to those). ``assess``, when set,
+    decides the risk of one call from its arguments (see :meth:`risk_of`).
     """
 
     name: str
@@ -48,6 +50,7 @@ class Tool:
     parameters: dict[str, Any]
     handler: Handler
     risk: Risk = "read"
+    assess: Assess | None = field(default=None, compare=False)
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -56,14 +59,26 @@ class Tool:
 
     @classmethod
     def from_function(
-        cls, handler: Handler, *, parameters: dict[str, Any], risk: Risk = "read"
+        cls,
+        handler: Handler,
+        *,
+        parameters: dict[str, Any],
+        risk: Risk = "read",
+        assess: Assess | None = None,
     ) -> Tool:
         """A tool named after ``handler``, described by the first paragraph of its docstring."""
         doc = inspect.getdoc(handler) or ""
         description = " ".join(doc.split("\n\n", 1)[0].split())
         if not description:
             raise ValueError(f"tool {handler.__name__} needs a docstring: it is the description")
-        return cls(handler.__name__, description, parameters, handler, risk)
+        return cls(handler.__name__, description, parameters, handler, risk, assess)
+
+    async def risk_of(self, context: ToolContext, arguments: dict[str, Any]) -> Risk:
+        """The risk of calling this tool with ``arguments``: ``assess``'s answer when the tool
+        has one, else the declared ``risk``. The approval gate asks this before a call."""
+        if self.assess is not None:
+            return await self.assess(context, arguments)
+        return self.risk
 
     def argument_errors(self, arguments: Any) -> list[str]:
         """Readable schema violations (empty when ``arguments`` is valid)."""
