@@ -234,16 +234,22 @@ class Connection:
     # Messages after registration -------------------------------------------------------
 
     async def _on_text(self, text: str) -> None:
-        if not self._bucket.take():
+        try:
+            message = rpc.parse(text)
+        except ProtocolError as exc:
+            message, problem = None, exc
+        # Answers to our own tools/call are bounded by our calls; everything else is metered.
+        awaited = message is not None and "method" not in message and message["id"] in (
+            self._pending
+        )
+        if not awaited and not self._bucket.take():
             log.warning("xs_rate_limited", session_id=self.session.session_id)
             await self._send(rpc.error(None, rpc.SERVER_ERROR, "rate limit exceeded",
                                        {"reason": "rate_limited"}))
             await self.close(rpc.CLOSE_POLICY, "rate limit exceeded")
             raise _Closed
-        try:
-            message = rpc.parse(text)
-        except ProtocolError as exc:
-            await self._send(rpc.error(None, exc.code, exc.message))
+        if message is None:
+            await self._send(rpc.error(None, problem.code, problem.message))
             return
         if "method" not in message:
             self._on_response(message)
