@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 PREFIX = "jamono:xs:"
 REFRESH_BATCH = 1000  # sessions per pipeline when refreshing
 RESUBSCRIBE_MAX_DELAY = 2.0  # seconds between subscriber reconnection attempts, at most
+ROUTE_CACHE_SIZE = 10_000  # session → instance entries kept for calls
 
 
 def _unavailable(exc: BaseException) -> CrossSessionError:
@@ -83,6 +84,10 @@ class RedisRouter:
         self._inbox = f"{PREFIX}inbox:{instance_id}"
         self._reply = f"{PREFIX}reply:{instance_id}"
         self._pending: dict[str, asyncio.Future] = {}
+        # session_id → (owner, instance, cached at): saves a Redis round trip per call. Ids are
+        # random and never reused, and the holding instance checks the owner again, so a stale
+        # entry can only lead to session_gone or not_found, never to another user's session.
+        self._routes: dict[str, tuple[Owner, str, float]] = {}
         self._subscribed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -263,12 +268,41 @@ class RedisRouter:
         """
         if self.sessions.holds(session_id):
             return await self.sessions.call(owner, session_id, tool, arguments, time_limit)
+        instance = await self._route(owner, session_id)
+        try:
+            return await self._remote_call(
+                instance, owner, session_id, tool, arguments, time_limit
+            )
+        except CrossSessionError as exc:
+            if exc.reason in ("session_gone", "not_found"):
+                self._routes.pop(session_id, None)
+            raise
+
+    async def _route(self, owner: Owner, session_id: str) -> str:
+        """The instance holding ``owner``'s session. Raises CrossSessionError."""
+        cached = self._routes.get(session_id)
+        if cached and cached[0] == owner and time.monotonic() - cached[2] < self.heartbeat:
+            return cached[1]
         record = await self._lookup(owner, session_id)
         if record is None:
             raise not_found(session_id)
         if record["instance"] == self.instance_id:
             # Our own record, yet we do not hold it: the socket closed a moment ago.
             raise _gone(session_id)
+        if len(self._routes) >= ROUTE_CACHE_SIZE:
+            self._routes.pop(next(iter(self._routes)))
+        self._routes[session_id] = (owner, record["instance"], time.monotonic())
+        return record["instance"]
+
+    async def _remote_call(
+        self,
+        instance: str,
+        owner: Owner,
+        session_id: str,
+        tool: str,
+        arguments: dict[str, Any],
+        time_limit: float,
+    ) -> dict[str, Any]:
         if not self._subscribed.is_set():
             raise _unavailable(ConnectionError("not subscribed"))
         request_id = uuid.uuid4().hex
@@ -287,7 +321,7 @@ class RedisRouter:
         try:
             try:
                 receivers = await self._redis.publish(
-                    f"{PREFIX}inbox:{record['instance']}", json.dumps(message)
+                    f"{PREFIX}inbox:{instance}", json.dumps(message)
                 )
             except (RedisError, OSError) as exc:
                 raise _unavailable(exc) from exc
