@@ -46,8 +46,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_port(port: int, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)

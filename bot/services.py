@@ -88,7 +88,10 @@ class Services:
         runtime = AgentRuntime(
             llm=llm,
             registry=build_registry(
-                status, cross_session.router if cross_session else None, settings.tool_timeout
+                status,
+                cross_session.router if cross_session else None,
+                # Under the runtime's own limit, so the model hears which session timed out.
+                settings.tool_timeout * 0.9,
             ),
             repos=repos,
             default_model=settings.model,
