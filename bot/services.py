@@ -85,6 +85,9 @@ class Services:
         status.register_check("database", lambda: _ok(ping(engine)))
         if redis is not None:
             status.register_check("redis", lambda: _ok(redis.ping()))
+        if cross_session is not None:
+            sessions = cross_session.router.sessions
+            status.register_check("cross-session", lambda: _held(sessions))
         runtime = AgentRuntime(
             llm=llm,
             registry=build_registry(
@@ -166,6 +169,10 @@ def build_cross_session(settings: Settings) -> CrossSession | None:
     return CrossSession.build(
         verifier, issuer, limits, redis_url=settings.redis_url, instance_id=instance_id
     )
+
+
+async def _held(sessions) -> str:
+    return f"ok ({len(sessions)} sessions connected to this instance)"
 
 
 async def _ok(check) -> str:

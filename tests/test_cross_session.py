@@ -512,3 +512,19 @@ def test_tools_are_registered_only_with_the_gateway():
     assert [t.name for t in registry.for_persona(NOX)][-2:] == [
         "list_sessions", "execute_on_session",
     ]
+
+
+async def test_heartbeat_closes_dead_sockets(http):
+    async with GatewayInstance(GatewayLimits(heartbeat=0.4)) as instance:
+        ws = await http.ws_connect(instance.url, autoping=False)  # will not answer pings
+        await send(ws, 1, "session.register", {"token": token(), "app": "excel"})
+        assert "result" in await receive(ws)
+        assert len(await instance.router.list(Owner(ACME, ALICE))) == 1
+        await wait_until(lambda: _empty(instance, Owner(ACME, ALICE)), timeout=3)
+
+
+async def test_plain_http_on_the_websocket_route_is_a_bad_request(http):
+    async with GatewayInstance() as instance:
+        response = await http.get(instance.url.replace("ws://", "http://"))
+        assert response.status == 400
+        response.release()
