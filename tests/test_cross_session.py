@@ -528,3 +528,40 @@ async def test_plain_http_on_the_websocket_route_is_a_bad_request(http):
         response = await http.get(instance.url.replace("ws://", "http://"))
         assert response.status == 400
         response.release()
+
+
+async def test_client_refreshes_its_token_before_exp():
+    issued = []
+
+    async def fresh_token() -> str:
+        issued.append(time.time())
+        return token(ttl=3)
+
+    async with GatewayInstance() as instance:
+        client = SessionClient(instance.url, fresh_token, app="excel")
+        runner = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.registered.wait(), 5)
+        first = client.session_id
+        await asyncio.sleep(4.5)  # past the first token's exp
+        assert client.registered.is_set() and client.session_id == first
+        assert client.connections == 1 and len(issued) >= 3
+        await client.close()
+        await runner
+
+
+async def test_client_reconnects_and_registers_again_after_a_restart():
+    async with GatewayInstance() as instance:
+        client = SessionClient(instance.url, token(), app="excel", min_backoff=0.05)
+        runner = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.registered.wait(), 5)
+        first = client.session_id
+        await instance.gateway.shutdown()  # closes every socket with 1001
+        await wait_until(lambda: _reregistered(client, first), timeout=5)
+        assert await instance.router.describe(Owner(ACME, ALICE), client.session_id)
+        assert await instance.router.describe(Owner(ACME, ALICE), first) is None
+        await client.close()
+        await runner
+
+
+async def _reregistered(client, first):
+    return client.registered.is_set() and client.session_id != first

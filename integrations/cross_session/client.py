@@ -193,7 +193,12 @@ class SessionClient:
             return
         while True:
             await asyncio.sleep(max(1.0, self.expires_at - REFRESH_MARGIN - time.time()))
-            answer = await self._request(rpc.REFRESH, {"token": await self._token_now()})
+            try:
+                answer = await self._request(rpc.REFRESH, {"token": await self._token_now()})
+            except (_RemoteError, ConnectionError) as exc:
+                # The gateway closes the socket (4401); run() reconnects with a fresh token.
+                log.warning("xs_client_refresh_failed", error=str(exc))
+                return
             self.expires_at = answer["expires_at"]
 
     async def _request(self, method: str, params: dict[str, Any]) -> Any:
