@@ -565,3 +565,54 @@ async def test_client_reconnects_and_registers_again_after_a_restart():
 
 async def _reregistered(client, first):
     return client.registered.is_set() and client.session_id != first
+
+
+# Settings wiring -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"JAMONO_GATEWAY_SECRET": "short"}, "at least 32 characters"),
+        ({"JAMONO_GATEWAY_SECRET": SECRET, "JAMONO_GATEWAY_ALGORITHM": "RS256"}, "is for HS256"),
+        ({"JAMONO_GATEWAY_PUBLIC_KEY": "pem"}, "need JAMONO_GATEWAY_ALGORITHM"),
+    ],
+)
+def test_inconsistent_gateway_settings_are_refused(settings, problem):
+    from bot.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings(**settings)
+    assert any(problem in line for line in raised.value.problems)
+
+
+def test_es256_settings_sign_and_verify_tokens():
+    from bot.services import gateway_tokens
+    from bot.settings import load_settings
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    settings = load_settings(JAMONO_GATEWAY_ALGORITHM="ES256",
+                             JAMONO_GATEWAY_PUBLIC_KEY=public_pem,
+                             JAMONO_GATEWAY_ISSUER="https://jamono.example")
+    verifier, issuer = gateway_tokens(settings)
+    assert settings.gateway_enabled and issuer is None  # verify-only without a private key
+    settings = load_settings(JAMONO_GATEWAY_ALGORITHM="ES256",
+                             JAMONO_GATEWAY_PUBLIC_KEY=public_pem,
+                             JAMONO_GATEWAY_PRIVATE_KEY=private_pem,
+                             JAMONO_GATEWAY_ISSUER="https://jamono.example")
+    verifier, issuer = gateway_tokens(settings)
+    signed, _ = issuer.issue(Owner(ACME, ALICE), 60)
+    assert verifier.verify(signed).owner == Owner(ACME, ALICE)
+    assert jwt_header(signed)["alg"] == "ES256"
+
+
+def jwt_header(value: str) -> dict:
+    head = value.split(".")[0]
+    return json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
