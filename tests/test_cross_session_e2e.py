@@ -14,7 +14,7 @@ import pytest
 
 from integrations.cross_session.client import SessionClient
 from integrations.cross_session.protocol import Owner
-from tests.cross_session_support import SECRET, VERIFIER, token
+from tests.cross_session_support import SECRET, VERIFIER, GatewayProcess, token
 from tests.e2e import ACME, ACME_TOKEN, ALICE, SIGNING_SECRET, base_settings, started
 from tests.fakes import ToolCall
 from tests.process import PASS_THROUGH
@@ -111,3 +111,32 @@ def test_gateway_token_command(tmp_path):
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert missing.returncode == 2 and "JAMONO_GATEWAY_SECRET" in missing.stderr
+
+
+async def test_mention_on_instance_a_reaches_a_client_on_instance_b(
+    http, settings, slack, llm, redis_url, tmp_path
+):
+    b = GatewayProcess({"JAMONO_GATEWAY_SECRET": SECRET, "REDIS_URL": redis_url,
+                        "JAMONO_GATEWAY_HEARTBEAT": "1",
+                        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"}, tmp_path)
+    await b.start()
+    a = await started(settings | {"REDIS_URL": redis_url}, tmp_path)
+    try:
+        client = SessionClient(b.url, token(ACME, ALICE), app="excel", title="Budget Q4.xlsx")
+
+        @client.tool(annotations={"readOnlyHint": True})
+        async def read_range(range: str) -> dict:
+            """Read the cells of a range"""
+            return {"values": [["B", range]]}
+
+        runner = asyncio.create_task(client.run())
+        await asyncio.wait_for(client.registered.wait(), 10)
+        llm.script = agent_script
+        event = await mention(http, a, slack, "copy the revenue table from my Budget sheet")
+        (answer,) = await slack.wait_for("chat.postMessage", in_thread(event["ts"]))
+        assert answer.params["text"] == "Revenue table: [['B', 'A1:B2']]"
+        await client.close()
+        await runner
+    finally:
+        assert await a.stop() == 0, a.output
+        await b.kill()
