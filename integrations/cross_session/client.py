@@ -27,6 +27,7 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import aiohttp
@@ -79,7 +80,7 @@ class SessionClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._closed = False
+        self._closed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
 
     # Tools -----------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class SessionClient:
         urls = itertools.cycle(self.urls)
         failures = 0
         async with aiohttp.ClientSession() as http:
-            while not self._closed:
+            while not self._closed.is_set():
                 url = next(urls)
                 try:
                     served = await self._connect(http, url)
@@ -134,14 +135,17 @@ class SessionClient:
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     log.info("xs_client_connect_failed", url=url, error=repr(exc))
                     served = False
-                if self._closed:
+                if self._closed.is_set():
                     return
                 failures = 0 if served else failures + 1
                 ceiling = min(self._max_backoff, self._min_backoff * 2 ** min(failures, 10))
-                await asyncio.sleep(random.uniform(self._min_backoff / 2, ceiling))
+                with suppress(TimeoutError):  # close() ends the wait at once
+                    await asyncio.wait_for(
+                        self._closed.wait(), random.uniform(self._min_backoff / 2, ceiling)
+                    )
 
     async def close(self) -> None:
-        self._closed = True
+        self._closed.set()
         if self._ws is not None:
             await self._ws.close()
 
