@@ -199,3 +199,43 @@ class GatewayProcess:
         if self._process and self._process.returncode is None:
             self._process.kill()  # SIGKILL: no cleanup of its Redis keys
             await self._process.wait()
+
+
+class BlackholeProxy:
+    """A TCP proxy to Redis that can silently stop forwarding on its open connections
+    (a half-open connection, as after a NAT or firewall drops its state); new connections
+    still pass."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._open: list[dict] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        self._server.close()
+        for link in self._open:
+            for task in link["tasks"]:
+                task.cancel()
+
+    def blackhole(self) -> None:
+        for link in self._open:
+            link["dead"] = True
+
+    async def _accept(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        link = {"dead": False, "tasks": []}
+        link["tasks"] = [asyncio.create_task(self._pump(reader, up_writer, link)),
+                         asyncio.create_task(self._pump(up_reader, writer, link))]
+        self._open.append(link)
+
+    @staticmethod
+    async def _pump(reader, writer, link) -> None:
+        while data := await reader.read(65536):
+            if not link["dead"]:
+                writer.write(data)
+                await writer.drain()

@@ -21,6 +21,7 @@ from tests.cross_session_support import (
     BOB,
     GLOBEX,
     SECRET,
+    BlackholeProxy,
     GatewayInstance,
     GatewayProcess,
     RedisServer,
@@ -280,4 +281,38 @@ async def test_redis_restart(tmp_path, http):
                 await c.close()
             await asyncio.gather(*runners)
     finally:
+        await redis.stop()
+
+
+async def test_a_silently_dead_subscription_is_noticed_and_replaced(tmp_path, http):
+    redis = RedisServer(tmp_path)
+    await redis.start()
+    proxy = BlackholeProxy(redis.port)
+    await proxy.start()
+    try:
+        async with (
+            GatewayInstance(LIMITS, redis.url, "a") as a,
+            GatewayInstance(LIMITS, proxy.url, "b") as b,
+        ):
+            client = excel_client(b.url)
+            runner = asyncio.create_task(client.run())
+            await asyncio.wait_for(client.registered.wait(), 5)
+            owner = Owner(ACME, ALICE)
+            assert await a.router.call(owner, client.session_id, "read_range", {"range": "1"})
+            proxy.blackhole()  # B's connections to Redis go silent, without an error
+
+            async def routed():
+                try:
+                    return await a.router.call(
+                        owner, client.session_id, "read_range", {"range": "2"}, 0.5
+                    )
+                except CrossSessionError:
+                    return None
+
+            result = await wait_until(routed, timeout=20, interval=0.2)
+            assert result["structuredContent"]["range"] == "2"
+            await client.close()
+            await runner
+    finally:
+        await proxy.stop()
         await redis.stop()

@@ -9,7 +9,9 @@ Keys (all under ``jamono:xs:``), with TTL = 3 heartbeats, refreshed every heartb
 * ``i:{instance_id}`` — the instance is alive.
 
 Each instance subscribes to ``inbox:{instance_id}`` (calls for sessions it holds) and
-``reply:{instance_id}`` (answers to its own calls). A call is ``{request_id, reply_to,
+``reply:{instance_id}`` (answers to its own calls, and a probe it sends itself every
+heartbeat: three heartbeats without a message mean the subscription is dead, so it
+reconnects). A call is ``{request_id, reply_to,
 deadline, team_id, slack_user_id, session_id, tool, arguments}``; the answer is
 ``{request_id, result}`` or ``{request_id, error:{reason, message}}``. A PUBLISH that reaches
 no subscriber fails the call at once (``session_gone``); answers for calls no longer
@@ -45,6 +47,7 @@ PREFIX = "jamono:xs:"
 REFRESH_BATCH = 1000  # sessions per pipeline when refreshing
 RESUBSCRIBE_MAX_DELAY = 2.0  # seconds between subscriber reconnection attempts, at most
 ROUTE_CACHE_SIZE = 10_000  # session → instance entries kept for calls
+PROBE = '{"probe":true}'
 
 
 def _unavailable(exc: BaseException) -> CrossSessionError:
@@ -89,6 +92,7 @@ class RedisRouter:
         # entry can only lead to session_gone or not_found, never to another user's session.
         self._routes: dict[str, tuple[Owner, str, float]] = {}
         self._subscribed = asyncio.Event()
+        self._last_heard = 0.0  # monotonic seconds of the last message on our channels
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
 
@@ -168,6 +172,9 @@ class RedisRouter:
         while True:
             try:
                 await self.refresh()
+                # A probe through our own reply channel: the subscriber treats silence as a
+                # dead connection (a half-open TCP connection never errors by itself).
+                await self._redis.publish(self._reply, PROBE)
             except (RedisError, OSError) as exc:
                 log.warning("xs_heartbeat_failed", error=repr(exc))
             await asyncio.sleep(self.heartbeat)
@@ -346,12 +353,16 @@ class RedisRouter:
             try:
                 await pubsub.subscribe(self._inbox, self._reply)
                 self._subscribed.set()
+                self._last_heard = time.monotonic()
                 log.info("xs_subscribed", instance_id=self.instance_id)
                 delay = 0.1
                 while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None:
+                    message = await pubsub.get_message(timeout=self.heartbeat)
+                    if message is not None and message["type"] == "message":
+                        self._last_heard = time.monotonic()
                         self._dispatch(message["channel"], message["data"])
+                    elif time.monotonic() - self._last_heard > 3 * self.heartbeat:
+                        raise ConnectionError("no message, not even our probe, for 3 heartbeats")
             except (RedisError, OSError) as exc:
                 log.warning("xs_subscriber_lost", error=repr(exc))
             finally:
@@ -362,6 +373,8 @@ class RedisRouter:
             delay = min(delay * 2, RESUBSCRIBE_MAX_DELAY)
 
     def _dispatch(self, channel: str, data: str) -> None:
+        if data == PROBE:
+            return
         try:
             message = json.loads(data)
         except json.JSONDecodeError:
