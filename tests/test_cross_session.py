@@ -46,12 +46,6 @@ def context(team: str = ACME, user: str = ALICE) -> ToolContext:
     return ToolContext(Tenant(team_id=team), NOX, user, "C0OPS", "1.0", "UTC")
 
 
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 # Tokens ----------------------------------------------------------------------------------
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -45,12 +44,6 @@ def excel_client(url, jwt_token=None) -> SessionClient:
         return {"range": range, "values": [[42]]}
 
     return client
-
-
-@pytest.fixture
-async def http():
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_call_routed_from_persona_on_a_to_client_on_b(redis_url):
