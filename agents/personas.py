@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 from storage.repositories.config import Override, WorkspaceConfig
 
-BASE_TOOLS = ("get_time", "persona_status")
+# list_sessions/execute_on_session are registered only when the cross-session gateway runs.
+BASE_TOOLS = ("get_time", "persona_status", "list_sessions", "execute_on_session")
 JIRA_TOOLS = (
     "jira_search",
     "jira_get_issue",

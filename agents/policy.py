@@ -56,11 +56,6 @@ class ApprovalNotifier(Protocol):
         """
 
 
-async def risk_of(tool: Tool, context: ToolContext, arguments: dict[str, Any]) -> str:
-    """The risk (``read``|``write``) of one call: the single place the gate asks for it."""
-    return tool.risk
-
-
 def refusal_text(persona: personas.Persona, tool: str, channel_id: str, verdict: Verdict) -> str:
     """What the model is told when the policy forbids a tool here (it relays it politely)."""
     name = persona.display_name
@@ -155,7 +150,7 @@ class ActionGate:
 
         Creates and posts the approval request when one is needed.
         """
-        risk = await risk_of(tool, context, arguments)
+        risk = await tool.risk_of(context, arguments)
         persona = context.persona
         verdict = policy.check(persona.name, tool.name, risk, context.channel_id)
         if not verdict.allowed:

@@ -63,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     current = db_sub.add_parser("current", help="show the applied revision")
     current.set_defaults(handler=_db_current)
 
+    gateway = sub.add_parser(
+        "gateway",
+        help="serve only the cross-session gateway (GET /ws); `gateway token` issues a token",
+    )
+    gateway.set_defaults(handler=_gateway)
+    gateway_sub = gateway.add_subparsers(metavar="action")
+    token = gateway_sub.add_parser("token", help="print a session token for a Slack user")
+    token.add_argument("--team", required=True, help="team_id (enterprise_id for an org install)")
+    token.add_argument("--user", required=True, help="the Slack user id (U…)")
+    token.add_argument(
+        "--ttl", type=int, default=None, help="seconds (default JAMONO_GATEWAY_LINK_TTL)"
+    )
+    token.set_defaults(handler=_gateway_token)
+
     config = sub.add_parser(
         "config",
         help="change a workspace's configuration, as /nox-config does",
@@ -141,6 +155,44 @@ def _console(settings: Settings, args: argparse.Namespace) -> int:
             await run_console(services, args.persona)
 
     return _execute(main())
+
+
+def _gateway(settings: Settings, _: argparse.Namespace) -> int:
+    from bot.server import serve
+
+    if not settings.gateway_enabled:
+        print("The cross-session gateway needs JAMONO_GATEWAY_SECRET (HS256, 32+ characters) "
+              "or JAMONO_GATEWAY_ALGORITHM=RS256|ES256 with JAMONO_GATEWAY_PUBLIC_KEY.",
+              file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            await serve(services, slack=False)
+
+    return _execute(main())
+
+
+def _gateway_token(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.services import gateway_tokens
+    from integrations.cross_session import Owner
+
+    try:
+        _, issuer = gateway_tokens(settings)
+    except ValueError as exc:
+        print(f"Cannot issue a token: {exc}", file=sys.stderr)
+        return 2
+    if issuer is None:
+        print("Cannot issue a token: set JAMONO_GATEWAY_PRIVATE_KEY to sign "
+              f"{settings.gateway_algorithm} tokens", file=sys.stderr)
+        return 2
+    ttl = args.ttl if args.ttl is not None else settings.gateway_link_ttl
+    if ttl <= 0:
+        print("--ttl must be a positive number of seconds", file=sys.stderr)
+        return 2
+    token, _ = issuer.issue(Owner(args.team, args.user), ttl)
+    print(token)
+    return 0
 
 
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:

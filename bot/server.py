@@ -2,7 +2,9 @@
 
 Routes: ``POST /slack/events`` (Events API, slash commands and interactivity),
 ``GET /healthz`` (process alive), ``GET /readyz`` (database reachable, Slack auth ok) and,
-with OAuth, ``GET /slack/install`` and ``GET /slack/oauth_redirect``.
+with OAuth, ``GET /slack/install`` and ``GET /slack/oauth_redirect``; with the cross-session
+gateway configured, ``GET /ws`` (docs/cross-session-protocol.md). ``jamono gateway`` serves
+only ``/ws`` and the health routes.
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ EXPIRY_SWEEP_MAX = 60.0  # seconds between sweeps of overdue approval requests, 
 
 
 class Server:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, slack: bool = True) -> None:
         self.services = services
         self.settings = services.settings
         # One connection pool to Slack for the whole process (created in the running loop).
         self.slack_http = aiohttp.ClientSession()
         self.bolt: AsyncApp | None = (
-            build_app(services, self.slack_http) if self.settings.slack_configured else None
+            build_app(services, self.slack_http)
+            if slack and self.settings.slack_configured
+            else None
         )
         self.socket: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
@@ -63,6 +67,9 @@ class Server:
         if self.bolt is not None and self.bolt.oauth_flow is not None:
             app.router.add_get(INSTALL_PATH, self.oauth)
             app.router.add_get(REDIRECT_PATH, self.oauth)
+        if self.services.cross_session is not None:
+            app.router.add_get("/ws", self.services.cross_session.gateway.handle)
+            app.on_shutdown.append(self.services.cross_session.gateway.shutdown)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
@@ -72,6 +79,7 @@ class Server:
             port=self.settings.port,
             slack_events=self.settings.http_events and self.bolt is not None,
             oauth=self.settings.oauth_enabled,
+            gateway=self.services.cross_session is not None,
         )
         if self.bolt is not None and self.settings.socket_mode:
             self.socket = AsyncSocketModeHandler(
@@ -237,13 +245,18 @@ async def _state(check) -> str:
         return f"failing: {exc!r}"
 
 
-async def serve(services: Services, until: asyncio.Event | None = None) -> None:
-    """Run the server until SIGTERM/SIGINT (or ``until`` is set), then shut down gracefully."""
+async def serve(
+    services: Services, until: asyncio.Event | None = None, *, slack: bool = True
+) -> None:
+    """Run the server until SIGTERM/SIGINT (or ``until`` is set), then shut down gracefully.
+
+    ``slack=False`` serves without the Slack routes (``jamono gateway``).
+    """
     stop = until or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = Server(services)
+    server = Server(services, slack=slack)
     await server.start()
     try:
         await stop.wait()

@@ -6,6 +6,9 @@ goes through the same runtime, memory, tools and storage as one from Slack.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -24,6 +27,12 @@ from bot.dedupe import EventClaims
 from bot.settings import Settings
 from bot.work import InFlight
 from integrations.calendar import CalDAVCredentials
+from integrations.cross_session import (
+    CrossSession,
+    GatewayLimits,
+    TokenIssuer,
+    TokenVerifier,
+)
 from integrations.jira import CloudCredentials, DataCenterCredentials
 from integrations.resilience import Resilience
 from storage import migrate
@@ -50,6 +59,7 @@ class Services:
     claims: EventClaims
     inflight: InFlight
     approvals: ApprovalDesk
+    cross_session: CrossSession | None = None
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -79,6 +89,7 @@ class Services:
         status = StatusBoard(
             version=__version__, default_model=settings.model, llm=llm, metrics=repos.metrics
         )
+        cross_session = build_cross_session(settings)
         status.register_check("database", lambda: _ok(ping(engine)))
         if redis is not None:
             status.register_check("redis", lambda: _ok(redis.ping()))
@@ -91,9 +102,18 @@ class Services:
         )
         for integration in INTEGRATIONS:
             status.register_workspace_check(integration, _health(connections, integration))
+        if cross_session is not None:
+            sessions = cross_session.router.sessions
+            status.register_check("cross-session", lambda: _held(sessions))
         runtime = AgentRuntime(
             llm=llm,
-            registry=build_registry(status, connections),
+            registry=build_registry(
+                status,
+                connections,
+                cross_session.router if cross_session else None,
+                # Under the runtime's own limit, so the model hears which session timed out.
+                settings.tool_timeout * 0.9,
+            ),
             repos=repos,
             default_model=settings.model,
             tool_timeout=settings.tool_timeout,
@@ -101,6 +121,8 @@ class Services:
             notifier=SlackApprovalNotifier(repos),
             approval_ttl=timedelta(hours=settings.approval_ttl),
         )
+        if cross_session is not None:
+            await cross_session.start()
         return cls(
             settings=settings,
             engine=engine,
@@ -113,9 +135,12 @@ class Services:
             claims=EventClaims(repos.claims, redis),
             inflight=InFlight(),
             approvals=ApprovalDesk(repos, runtime.gate),
+            cross_session=cross_session,
         )
 
     async def close(self) -> None:
+        if self.cross_session is not None:
+            await self.cross_session.close()
         if self.llm is not None:
             await self.llm.close()
         if self.redis is not None:
@@ -148,6 +173,55 @@ def _health(connections: Connections, integration):
         return str(await connections.health(tenant, integration))
 
     return check
+
+
+def gateway_tokens(settings: Settings) -> tuple[TokenVerifier, TokenIssuer | None]:
+    """The session-token verifier, and the issuer when this process holds a signing key.
+
+    Raises:
+        ValueError: the gateway is not configured (no ``JAMONO_GATEWAY_SECRET`` or public key).
+    """
+    if not settings.gateway_enabled:
+        raise ValueError(
+            "the cross-session gateway is off: set JAMONO_GATEWAY_SECRET (HS256, 32+ characters)"
+            " or JAMONO_GATEWAY_ALGORITHM with JAMONO_GATEWAY_PUBLIC_KEY"
+        )
+    algorithm, issuer_name = settings.gateway_algorithm, settings.gateway_issuer
+    if algorithm == "HS256":
+        secret = settings.gateway_secret.get_secret_value()
+        return TokenVerifier(secret, algorithm, issuer_name), TokenIssuer(
+            secret, algorithm, issuer_name
+        )
+    private = settings.gateway_private_key
+    issuer = TokenIssuer(private.get_secret_value(), algorithm, issuer_name) if private else None
+    return TokenVerifier(settings.gateway_public_key, algorithm, issuer_name), issuer
+
+
+def build_cross_session(settings: Settings) -> CrossSession | None:
+    """The cross-session gateway when a token key is configured (see docs/cross-session-
+    protocol.md); Redis routing across instances when ``REDIS_URL`` is set."""
+    if not settings.gateway_enabled:
+        return None
+    verifier, issuer = gateway_tokens(settings)
+    limits = GatewayLimits(
+        max_message=settings.gateway_max_message,
+        heartbeat=settings.gateway_heartbeat,
+        max_sessions_per_user=settings.gateway_max_sessions_per_user,
+        rate=settings.gateway_rate,
+        burst=settings.gateway_burst,
+        allowed_origins=settings.gateway_origins,
+        allow_missing_origin=settings.gateway_allow_missing_origin,
+    )
+    instance_id = settings.instance_id or (
+        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    )
+    return CrossSession.build(
+        verifier, issuer, limits, redis_url=settings.redis_url, instance_id=instance_id
+    )
+
+
+async def _held(sessions) -> str:
+    return f"ok ({len(sessions)} sessions connected to this instance)"
 
 
 async def _ok(check) -> str:

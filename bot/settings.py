@@ -62,6 +62,43 @@ class Settings(BaseSettings):
         10.0, gt=0, validation_alias=AliasChoices("JAMONO_INTEGRATION_TIMEOUT")
     )
 
+    # Cross-session gateway (GET /ws); on when a token key is set
+    gateway_secret: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_GATEWAY_SECRET")
+    )
+    gateway_algorithm: Literal["HS256", "RS256", "ES256"] = Field(
+        "HS256", validation_alias=AliasChoices("JAMONO_GATEWAY_ALGORITHM")
+    )
+    gateway_public_key: str | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_GATEWAY_PUBLIC_KEY")
+    )
+    gateway_private_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_GATEWAY_PRIVATE_KEY")
+    )
+    gateway_issuer: str | None = Field(None, validation_alias=AliasChoices("JAMONO_GATEWAY_ISSUER"))
+    gateway_allowed_origins: str = Field(
+        "", validation_alias=AliasChoices("JAMONO_GATEWAY_ALLOWED_ORIGINS")
+    )
+    gateway_allow_missing_origin: bool = Field(
+        True, validation_alias=AliasChoices("JAMONO_GATEWAY_ALLOW_MISSING_ORIGIN")
+    )
+    gateway_max_sessions_per_user: int = Field(
+        20, ge=1, validation_alias=AliasChoices("JAMONO_GATEWAY_MAX_SESSIONS_PER_USER")
+    )
+    gateway_heartbeat: float = Field(
+        5.0, ge=0.2, le=300, validation_alias=AliasChoices("JAMONO_GATEWAY_HEARTBEAT")
+    )
+    gateway_max_message: int = Field(
+        64 * 1024, ge=1024, le=16 * 1024 * 1024,
+        validation_alias=AliasChoices("JAMONO_GATEWAY_MAX_MESSAGE"),
+    )
+    gateway_rate: float = Field(20.0, gt=0, validation_alias=AliasChoices("JAMONO_GATEWAY_RATE"))
+    gateway_burst: int = Field(40, ge=1, validation_alias=AliasChoices("JAMONO_GATEWAY_BURST"))
+    gateway_link_ttl: int = Field(
+        3600, ge=60, le=30 * 86400, validation_alias=AliasChoices("JAMONO_GATEWAY_LINK_TTL")
+    )
+    instance_id: str | None = Field(None, validation_alias=AliasChoices("JAMONO_INSTANCE_ID"))
+
     # Process
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
@@ -162,6 +199,37 @@ class Settings(BaseSettings):
         )
 
     @property
+    def gateway_enabled(self) -> bool:
+        """The cross-session gateway runs: a key to verify session tokens is configured."""
+        if self.gateway_algorithm == "HS256":
+            return self.gateway_secret is not None
+        return bool(self.gateway_public_key)
+
+    @property
+    def gateway_origins(self) -> frozenset[str]:
+        """``JAMONO_GATEWAY_ALLOWED_ORIGINS``: comma-separated origins, e.g.
+        ``https://addin.example.com``."""
+        return frozenset(o.strip() for o in self.gateway_allowed_origins.split(",") if o.strip())
+
+    def gateway_problems(self) -> list[str]:
+        """Gateway settings that cannot work together (empty when fine)."""
+        problems = []
+        asymmetric = self.gateway_algorithm != "HS256"
+        if asymmetric and self.gateway_secret is not None:
+            problems.append(
+                "JAMONO_GATEWAY_SECRET is for HS256; with "
+                f"{self.gateway_algorithm} set JAMONO_GATEWAY_PUBLIC_KEY (PEM)"
+            )
+        if not asymmetric and (self.gateway_public_key or self.gateway_private_key):
+            problems.append(
+                "JAMONO_GATEWAY_PUBLIC_KEY/PRIVATE_KEY need JAMONO_GATEWAY_ALGORITHM "
+                "RS256 or ES256"
+            )
+        if self.gateway_secret is not None and len(self.gateway_secret.get_secret_value()) < 32:
+            problems.append("JAMONO_GATEWAY_SECRET must be at least 32 characters (RFC 7518 §3.2)")
+        return problems
+
+    @property
     def llm_configured(self) -> bool:
         return bool(self.openai_api_key or self.openai_base_url)
 
@@ -236,7 +304,11 @@ def load_settings(**overrides: object) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError([_describe(error) for error in exc.errors()]) from None
-    problems = settings.slack_problems() + settings.integration_problems()
+    problems = (
+        settings.slack_problems()
+        + settings.integration_problems()
+        + settings.gateway_problems()
+    )
     if problems:
         raise SettingsError(problems)
     return settings

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 Risk = Literal["read", "write"]
 Handler = Callable[..., Awaitable[Any]]
 Target = Callable[[dict[str, Any]], str]
+Assess = Callable[["ToolContext", dict[str, Any]], Awaitable[Risk]]
 
 
 class ToolError(Exception):
@@ -56,6 +57,7 @@ class Tool:
     against it before ``handler(context, **arguments)`` runs. ``risk`` ``write`` marks tools
     that change something outside Jamono (approvals apply to those). ``target`` names what a
     call with given arguments changes, for the approval message (e.g. "Slack channel <#C1>").
+    ``assess``, when set, decides the risk of one call from its arguments (see :meth:`risk_of`).
     """
 
     name: str
@@ -64,6 +66,7 @@ class Tool:
     handler: Handler
     risk: Risk = "read"
     target: Target | None = None
+    assess: Assess | None = field(default=None, compare=False)
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -78,17 +81,25 @@ class Tool:
         parameters: dict[str, Any],
         risk: Risk = "read",
         target: Target | None = None,
+        assess: Assess | None = None,
     ) -> Tool:
         """A tool named after ``handler``, described by the first paragraph of its docstring."""
         doc = inspect.getdoc(handler) or ""
         description = " ".join(doc.split("\n\n", 1)[0].split())
         if not description:
             raise ValueError(f"tool {handler.__name__} needs a docstring: it is the description")
-        return cls(handler.__name__, description, parameters, handler, risk, target)
+        return cls(handler.__name__, description, parameters, handler, risk, target, assess)
 
     def target_of(self, arguments: dict[str, Any]) -> str:
         """What a call with ``arguments`` acts on, readable; the tool's name when unknown."""
         return self.target(arguments) if self.target else self.name
+
+    async def risk_of(self, context: ToolContext, arguments: dict[str, Any]) -> Risk:
+        """The risk of calling this tool with ``arguments``: ``assess``'s answer when the tool
+        has one, else the declared ``risk``. The approval gate asks this before a call."""
+        if self.assess is not None:
+            return await self.assess(context, arguments)
+        return self.risk
 
     def argument_errors(self, arguments: Any) -> list[str]:
         """Readable schema violations (empty when ``arguments`` is valid)."""

@@ -10,7 +10,7 @@ import re
 
 from agents import personas
 from agents.personas import Persona
-from bot.commands import config, connect, help, incident, metrics, status
+from bot.commands import config, connect, help, incident, link, metrics, status
 from bot.commands.base import CommandRequest, Invocation, VerbSpec, command_lines
 from bot.render import Reply, section
 from bot.services import Services
@@ -27,6 +27,7 @@ def _verbs() -> dict[str, VerbSpec]:
         ),
         "help": VerbSpec(help.run, "commands and tools", works_when_disabled=True),
         "metrics": VerbSpec(metrics.run, "usage in this workspace: today and the last 7 days"),
+        "link": VerbSpec(link.run, "a token (by DM) that connects your applications to personas"),
         "config": VerbSpec(
             config.run,
             "workspace admins: personas, models, channel bindings, timezone, action zones, "
