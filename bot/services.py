@@ -109,10 +109,10 @@ class Services:
             llm=llm,
             registry=build_registry(
                 status,
-                connections,
-                cross_session.router if cross_session else None,
+                connections=connections,
+                session_router=cross_session.router if cross_session else None,
                 # Under the runtime's own limit, so the model hears which session timed out.
-                settings.tool_timeout * 0.9,
+                action_time_limit=settings.tool_timeout * 0.9,
             ),
             repos=repos,
             default_model=settings.model,

@@ -97,7 +97,8 @@ class Stack:
         self.connections = Connections(services.repos.credentials, self.resilience,
                                        defaults=defaults, timeout=2, can_store=False)
         self.runtime = AgentRuntime(
-            llm=services.llm, registry=build_registry(services.status, self.connections),
+            llm=services.llm,
+            registry=build_registry(services.status, connections=self.connections),
             repos=services.repos, default_model="fake-model", tool_timeout=20,
             context_tokens=6000,
         )

@@ -16,18 +16,21 @@ __all__ = ["Tool", "ToolContext", "ToolError", "ToolRegistry", "build_registry"]
 
 def build_registry(
     status: StatusBoard,
-    connections: Connections,
+    *,
+    connections: Connections | None = None,
     session_router: Router | None = None,
     action_time_limit: float = 30.0,
 ) -> ToolRegistry:
-    """The built-in tools; the cross-session tools only when the gateway runs
-    (``session_router``), each action bounded by ``action_time_limit`` seconds."""
+    """The built-in tools, plus those whose services run: Jira and calendar tools with the
+    workspace ``connections``, cross-session tools with the gateway's ``session_router`` (each
+    action bounded by ``action_time_limit`` seconds)."""
     registry = ToolRegistry()
     registry.register(clock.TOOL)
     registry.register(persona_status.build(status))
     registry.register(slack_post.TOOL)
-    for tool in [*jira.build(connections), *calendar.build(connections)]:
-        registry.register(tool)
+    if connections is not None:
+        for tool in [*jira.build(connections), *calendar.build(connections)]:
+            registry.register(tool)
     if session_router is not None:
         for tool in sessions.build(session_router, action_time_limit):
             registry.register(tool)
