@@ -15,7 +15,17 @@ import pytest
 from integrations.cross_session.client import SessionClient
 from integrations.cross_session.protocol import Owner
 from tests.cross_session_support import SECRET, VERIFIER, GatewayProcess, token
-from tests.e2e import ACME, ACME_TOKEN, ALICE, SIGNING_SECRET, base_settings, started
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    SIGNING_SECRET,
+    approval_id,
+    base_settings,
+    click,
+    has_buttons,
+    started,
+)
 from tests.fakes import ToolCall
 from tests.process import PASS_THROUGH
 from tests.test_e2e_http import command, in_thread, mention
@@ -81,6 +91,47 @@ async def test_mention_lists_sessions_and_runs_a_tool(http, jamono, slack, llm, 
             "SELECT tool, user_id, status FROM tool_calls ORDER BY id"
         ).fetchall()
     assert rows == [("list_sessions", ALICE, "ok"), ("execute_on_session", ALICE, "ok")]
+    await client.close()
+    await runner
+
+
+def paste_script(request):
+    """List the sessions, then paste into the first one (a write: no readOnlyHint)."""
+    last = request["messages"][-1]
+    if last["role"] == "user":
+        return [ToolCall("list_sessions", {})]
+    result = json.loads(last["content"]) if last["content"].startswith("{") else {}
+    if "sessions" in result:
+        session_id = result["sessions"][0]["session_id"]
+        return [ToolCall("execute_on_session", {"session_id": session_id, "tool": "paste_table",
+                                                "arguments": {"at": "Report!A1"}})]
+    return "The paste waits for your approval."
+
+
+async def test_a_write_in_a_session_waits_for_approval_and_runs_once(http, jamono, slack, llm):
+    client = SessionClient(jamono.url.replace("http", "ws") + "/ws", token(ACME, ALICE),
+                           app="word", title="Report.docx")
+    pasted = []
+
+    @client.tool(input_schema={"type": "object", "properties": {"at": {"type": "string"}}})
+    async def paste_table(at: str) -> str:
+        """Paste the copied table"""
+        pasted.append(at)
+        return "pasted"
+
+    runner = asyncio.create_task(client.run())
+    await asyncio.wait_for(client.registered.wait(), 10)
+    llm.script = paste_script
+    event = await mention(http, jamono, slack, "paste the revenue table into my report")
+    (request,) = await slack.wait_for(
+        "chat.postMessage", lambda p: p.get("thread_ts") == event["ts"] and has_buttons(p))
+    assert "`execute_on_session`" in str(request.blocks) and "paste_table" in str(request.blocks)
+    assert pasted == []  # nothing ran on the model's word
+    request_id = approval_id(request)
+    await asyncio.gather(*(click(http, jamono, slack, request, request_id) for _ in range(3)))
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == event["ts"]
+                         and "ran" in p.get("text", ""))
+    assert pasted == ["Report!A1"]  # once, whatever the clicks
     await client.close()
     await runner
 
