@@ -7,7 +7,9 @@ goes through the same runtime, memory, tools and storage as one from Slack.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
+import aiohttp
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,7 +19,12 @@ from agents.runtime import AgentRuntime
 from agents.status import StatusBoard
 from agents.tools import build_registry
 from bot import __version__
+from bot.briefings.clients import TeamClients
+from bot.briefings.delivery import Briefings
+from bot.briefings.sections import Sources
+from bot.briefings.sources import ActivitySource, ApprovalsSource, PromptSource
 from bot.dedupe import EventClaims
+from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.work import InFlight
 from storage import migrate
@@ -42,6 +49,9 @@ class Services:
     runtime: AgentRuntime
     claims: EventClaims
     inflight: InFlight
+    briefings: Briefings
+    slack_http: aiohttp.ClientSession  # Web API calls made outside Bolt (briefings)
+    scheduler: Scheduler | None = None  # set by the server that runs it
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -82,6 +92,21 @@ class Services:
             tool_timeout=settings.tool_timeout,
             context_tokens=settings.context_tokens,
         )
+        slack_http = aiohttp.ClientSession()
+        briefings = Briefings(
+            repos=repos,
+            sources=Sources(
+                {
+                    "approvals": ApprovalsSource(repos),
+                    "activity": ActivitySource(repos),
+                    "prompt": PromptSource(runtime),
+                }
+            ),
+            clients=TeamClients(settings, engine, slack_http),
+            llm=llm,
+            default_model=settings.model,
+            grace=timedelta(seconds=settings.briefing_grace),
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -92,9 +117,12 @@ class Services:
             runtime=runtime,
             claims=EventClaims(repos.claims, redis),
             inflight=InFlight(),
+            briefings=briefings,
+            slack_http=slack_http,
         )
 
     async def close(self) -> None:
+        await self.slack_http.close()
         if self.llm is not None:
             await self.llm.close()
         if self.redis is not None:

@@ -67,6 +67,11 @@ class FakeSlack:
         self._last_post: dict[tuple[str, str], float] = {}
         self._sockets: list[SocketConnection] = []
         self._sent_at: dict[str, float] = {}
+        self._channels: dict[str, dict[str, bool]] = {}
+        self._inactive: set[str] = set()
+        self._refresh_tokens: dict[str, str] = {}  # refresh token → team_id
+        self._rotations = itertools.count(1)
+        self.views: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -141,6 +146,24 @@ class FakeSlack:
             "team_name": team_name or team_id, "installer": installer,
         }
 
+    def set_channel(
+        self, channel_id: str, *, exists: bool = True, is_member: bool = True,
+        is_archived: bool = False,
+    ) -> None:
+        """How ``channel_id`` looks to the bot; unknown channels exist and have the bot in."""
+        self._channels[channel_id] = {
+            "exists": exists, "is_member": is_member, "is_archived": is_archived,
+        }
+
+    def deactivate(self, team_id: str) -> None:
+        """Every call with the workspace's token now fails with ``account_inactive``."""
+        self._inactive.add(team_id)
+
+    def enable_token_rotation(self, team_id: str, refresh_token: str) -> None:
+        """``oauth.v2.access`` with ``grant_type=refresh_token`` and this token issues a new
+        bot token for the workspace (``expires_in`` 43,200 s); the old one stops working."""
+        self._refresh_tokens[refresh_token] = team_id
+
     def fail_next(self, method: str, status: int = 500, retry_after: int = 1, times: int = 1):
         self._faults[method].extend([(status, retry_after)] * times)
 
@@ -214,6 +237,8 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "not_authed"})
         if workspace is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if workspace.team_id in self._inactive:
+            return web.json_response({"ok": False, "error": "account_inactive"})
         limited = self._rate_limited(method, workspace, params)
         if limited:
             return limited
@@ -258,6 +283,13 @@ class FakeSlack:
             return {"ok": False, "error": "channel_not_found"}
         if not params.get("text") and not params.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        state = self._channels.get(params["channel"], {})
+        if not state.get("exists", True):
+            return {"ok": False, "error": "channel_not_found"}
+        if state.get("is_archived"):
+            return {"ok": False, "error": "is_archived"}
+        if not state.get("is_member", True):
+            return {"ok": False, "error": "not_in_channel"}
         ts = self._next_ts()
         return {"ok": True, "channel": params["channel"], "ts": ts,
                 "message": self._message(w, params, ts)}
@@ -286,10 +318,21 @@ class FakeSlack:
 
     def _m_conversations_info(self, w: Workspace, params: dict) -> dict:
         channel = params.get("channel", "")
+        state = self._channels.get(channel, {})
+        if not state.get("exists", True):
+            return {"ok": False, "error": "channel_not_found"}
         return {"ok": True, "channel": {
             "id": channel, "name": channel.lower(), "is_im": channel.startswith("D"),
-            "is_channel": channel.startswith("C"), "is_member": True,
+            "is_channel": channel.startswith("C"), "is_member": state.get("is_member", True),
+            "is_archived": state.get("is_archived", False),
         }}
+
+    def _m_views_open(self, w: Workspace, params: dict) -> dict:
+        if not params.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        view = _json_field(params.get("view", "{}"))
+        self.views.append(view)
+        return {"ok": True, "view": {"id": "V" + uuid.uuid4().hex[:10].upper(), **view}}
 
     def _m_files_getUploadURLExternal(self, w: Workspace, params: dict) -> dict:
         file_id = "F" + uuid.uuid4().hex[:10].upper()
@@ -311,6 +354,8 @@ class FakeSlack:
         client = _basic(request) or (params.get("client_id"), params.get("client_secret"))
         if self._oauth_app is None or tuple(client) != self._oauth_app:
             return web.json_response({"ok": False, "error": "invalid_client_id"})
+        if params.get("grant_type") == "refresh_token":
+            return self._refresh(params.get("refresh_token", ""))
         grant = self._oauth_codes.pop(params.get("code", ""), None)
         if grant is None:
             return web.json_response({"ok": False, "error": "invalid_code"})
@@ -322,6 +367,27 @@ class FakeSlack:
             "access_token": workspace.bot_token, "bot_user_id": workspace.bot_user_id,
             "team": {"id": workspace.team_id, "name": workspace.team_name},
             "enterprise": None, "is_enterprise_install": False,
+        })
+
+    def _refresh(self, refresh_token: str) -> web.Response:
+        team_id = self._refresh_tokens.pop(refresh_token, None)
+        if team_id is None:
+            return web.json_response({"ok": False, "error": "invalid_refresh_token"})
+        old_token, workspace = next(
+            (t, w) for t, w in self._workspaces.items() if w.team_id == team_id
+        )
+        rotation = next(self._rotations)
+        workspace.bot_token = f"xoxe.xoxb-{team_id.lower()}-{rotation}"
+        new_refresh = f"xoxe-1-{team_id.lower()}-{rotation}"
+        del self._workspaces[old_token]
+        self._workspaces[workspace.bot_token] = workspace
+        self._refresh_tokens[new_refresh] = team_id
+        return web.json_response({
+            "ok": True, "app_id": APP_ID, "token_type": "bot", "scope": "chat:write,commands",
+            "access_token": workspace.bot_token, "refresh_token": new_refresh,
+            "expires_in": 43200, "bot_user_id": workspace.bot_user_id,
+            "team": {"id": team_id, "name": workspace.team_name}, "enterprise": None,
+            "is_enterprise_install": False,
         })
 
     async def _upload(self, request: web.Request) -> web.Response:
