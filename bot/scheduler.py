@@ -54,12 +54,22 @@ SYNC_INTERVAL = 30.0  # seconds between two mirrors of the subscriptions into th
 JOB_PREFIX = "briefing:"
 
 
-async def run_briefing(briefings: Briefings, subscription_id: int, scheduled_for: datetime):
+async def run_briefing(
+    subscription_id: int,
+    briefings: Briefings | None = None,
+    scheduled_for: datetime | None = None,
+):
     """The job every briefing schedules (stored by reference in the job store).
 
-    :class:`BriefingExecutor` passes the process's :class:`Briefings` and the run's
-    scheduled fire time, which APScheduler does not hand to job functions itself.
+    :class:`BriefingExecutor` supplies the process's :class:`Briefings` and the run's
+    scheduled fire time, which APScheduler does not hand to job functions itself; they have
+    defaults only because APScheduler checks a job's arguments when the job is added.
+
+    Raises:
+        RuntimeError: called other than by :class:`BriefingExecutor`.
     """
+    if briefings is None or scheduled_for is None:
+        raise RuntimeError("run_briefing runs under BriefingExecutor")
     return await briefings.run_scheduled(subscription_id, scheduled_for)
 
 
@@ -78,7 +88,7 @@ class BriefingExecutor(BaseExecutor):
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         task = asyncio.get_running_loop().create_task(
-            job.func(self._briefings, *job.args, scheduled_for=run_times[-1]),
+            job.func(*job.args, briefings=self._briefings, scheduled_for=run_times[-1]),
             name=f"briefing-job:{job.id}",
         )
         self._tasks.add(task)
@@ -95,8 +105,14 @@ class BriefingExecutor(BaseExecutor):
         task.add_done_callback(done)
 
     def shutdown(self, wait: bool = True) -> None:
-        # Runs already started finish: their delivery is claimed, cancelling would lose it.
-        self._tasks.clear()
+        # Runs already started go on (their delivery is claimed; cancelling would lose it):
+        # :meth:`drain` waits for them.
+        return None
+
+    async def drain(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for runs in progress."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
 
 
 class Lease(Protocol):
@@ -135,6 +151,14 @@ class RedisLease:
         await self._redis.eval(self._RELEASE, 1, self._key, self._token)
 
 
+# A bigint advisory key shows in pg_locks as classid (high 32 bits) and objid (low 32 bits).
+_HOLDS_LOCK = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND objsubid = 1"
+    " AND classid::bigint = CAST(:classid AS bigint) AND objid::bigint = CAST(:objid AS bigint))"
+)
+
+
 class AdvisoryLock:
     """PostgreSQL session advisory lock held on one dedicated connection."""
 
@@ -163,9 +187,15 @@ class AdvisoryLock:
         if self._connection is None:
             return False
         try:
-            await self._connection.execute(text("SELECT 1"))
+            # SQLAlchemy reconnects a dropped connection silently; the new session would not
+            # hold the lock, so ask PostgreSQL whether this session holds it.
+            held = await self._connection.scalar(
+                _HOLDS_LOCK, {"classid": self._key >> 32, "objid": self._key & 0xFFFFFFFF}
+            )
             await self._connection.commit()
         except Exception:
+            held = False
+        if not held:
             # The connection is gone, and the lock with it: another replica may hold it now.
             await self._drop()
             return False
@@ -240,6 +270,7 @@ class Scheduler:
         self._sync_interval = sync_interval
         self._engine: Engine | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._executor: BriefingExecutor | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -250,12 +281,15 @@ class Scheduler:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 20.0) -> None:
+        """Step down and wait up to ``grace`` seconds for briefings being delivered."""
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
         await self._step_down()
+        if self._executor is not None:
+            await self._executor.drain(grace)
         if self._engine is not None:
             self._engine.dispose()
 
@@ -290,9 +324,10 @@ class Scheduler:
     async def _lead(self) -> None:
         if self._engine is None:
             self._engine = job_store_engine(self._database_url)
+        self._executor = BriefingExecutor(self._briefings)
         scheduler = AsyncIOScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self._engine)},
-            executors={"default": BriefingExecutor(self._briefings)},
+            executors={"default": self._executor},
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
             timezone="UTC",
         )

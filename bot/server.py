@@ -23,6 +23,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
+from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
 from storage.db import ping
@@ -80,6 +81,22 @@ class Server:
             await self.socket.connect_async()
             log.info("socket_mode_connected")
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+        if self.bolt is not None:
+            self.services.scheduler = Scheduler(
+                briefings=self.services.briefings,
+                lease=self._lease(),
+                database_url=self.settings.database_url,
+                lease_seconds=self.settings.leader_lease,
+            )
+            self.services.scheduler.start()
+
+    def _lease(self) -> Lease:
+        """Redis when configured; else the database's own means (see bot.scheduler)."""
+        if self.services.redis is not None:
+            return RedisLease(self.services.redis, self.settings.leader_lease)
+        if self.services.engine.dialect.name == "postgresql":
+            return AdvisoryLock(self.services.engine)
+        return SoleProcess()
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight turns finish within ``JAMONO_SHUTDOWN_GRACE`` s."""
@@ -91,6 +108,8 @@ class Server:
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+        if self.services.scheduler is not None:
+            await self.services.scheduler.stop(self.settings.shutdown_grace)
         cancelled = await self.services.inflight.drain(self.settings.shutdown_grace)
         for task in self._background:
             task.cancel()

@@ -145,7 +145,8 @@ async def test_channel_errors_pause_the_briefing_and_tell_its_creator_once(
     assert (delivery.state, delivery.detail) == (DeliveryState.FAILED, error)
     assert (await services.repos.briefings.get(TENANT, other.id)).enabled
     resumed = await services.repos.briefings.set_enabled(TENANT, briefing.id, True)
-    assert resumed and (await services.repos.briefings.get(TENANT, briefing.id)).paused_reason is None
+    assert resumed
+    assert (await services.repos.briefings.get(TENANT, briefing.id)).paused_reason is None
 
 
 async def test_rate_limits_are_honoured(services, slack):
