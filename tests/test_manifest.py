@@ -57,5 +57,5 @@ def test_events_commands_and_modes(manifest):
     assert settings["socket_mode_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     commands = {c["command"] for c in manifest["features"]["slash_commands"]}
-    assert commands == {"/nox-status", "/nox-help", "/nox-metrics", "/nox-config"}
+    assert commands == {"/nox-status", "/nox-help", "/nox-metrics", "/nox-config", "/nox-brief"}
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True

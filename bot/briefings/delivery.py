@@ -155,8 +155,11 @@ class Briefings:
             return RunResult(Outcome.NOT_FOUND)
         return await self._deliver(briefing, datetime.now(UTC).replace(microsecond=0), "now")
 
-    async def compose(self, briefing: Briefing, moment: datetime) -> Reply:
-        """The briefing as it would be posted for a run at ``moment`` (nothing is recorded)."""
+    async def compose(
+        self, briefing: Briefing, moment: datetime, footer: str | None = None
+    ) -> Reply:
+        """The briefing as it would be posted for a run at ``moment`` (nothing is recorded);
+        ``footer`` replaces the line naming the briefing and how to pause it."""
         config = await self.repos.config.load(briefing.tenant)
         persona = personas.effective(briefing.persona, config)
         context = BriefingContext(briefing, persona, moment)
@@ -169,8 +172,11 @@ class Briefings:
             f"{persona.display_name} briefing — {local:%A %-d %B}",
             opening,
             sections,
-            f"Briefing {briefing.id} · {briefing.schedule} ({briefing.timezone}) · "
-            f"`/nox-brief pause {briefing.id}` to pause it",
+            footer
+            or (
+                f"Briefing {briefing.id} · {briefing.schedule} ({briefing.timezone}) · "
+                f"`/nox-brief pause {briefing.id}` to pause it"
+            ),
         )
 
     async def _deliver(

@@ -10,7 +10,7 @@ import re
 
 from agents import personas
 from agents.personas import Persona
-from bot.commands import config, help, metrics, status
+from bot.commands import brief, config, help, metrics, status
 from bot.commands.base import CommandRequest, Invocation, VerbSpec, command_lines
 from bot.render import Reply, section
 from bot.services import Services
@@ -33,6 +33,7 @@ def _verbs() -> dict[str, VerbSpec]:
             config.USAGE,
             works_when_disabled=True,
         ),
+        "brief": VerbSpec(brief.run, "scheduled channel briefings", brief.USAGE),
     }
 
 
