@@ -543,6 +543,28 @@ class FakeSlack:
             "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
         }
 
+    def view_submission_payload(
+        self, team_id: str, user_id: str, view: dict[str, Any], values: dict[str, Any],
+    ) -> dict[str, str]:
+        """The form Slack POSTs when ``user_id`` submits ``view`` (as opened) with ``values``
+        as ``view.state.values`` (block_id → action_id → value)."""
+        payload = {
+            "type": "view_submission", "team": {"id": team_id, "domain": "acme"},
+            "enterprise": None, "is_enterprise_install": False,
+            "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(),
+                     "team_id": team_id},
+            "api_app_id": APP_ID, "token": "verification-token-unused",
+            "trigger_id": f"{uuid.uuid4().int % 10**13}.{uuid.uuid4().hex[:8]}",
+            "view": {
+                "id": "V" + uuid.uuid4().hex[:10].upper(), "team_id": team_id, "type": "modal",
+                "callback_id": view.get("callback_id", ""), "title": view.get("title"),
+                "private_metadata": view.get("private_metadata", ""),
+                "state": {"values": values}, "hash": uuid.uuid4().hex, "app_id": APP_ID,
+                "root_view_id": None, "previous_view_id": None, "bot_id": "B0NOX",
+            },
+        }
+        return {"payload": json.dumps(payload)}
+
 
 async def _params(request: web.Request) -> dict[str, Any]:
     """Arguments from the query string (slack_sdk's ``params=``) and the JSON or form body."""
