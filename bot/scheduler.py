@@ -37,7 +37,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from redis.asyncio import Redis
 from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -242,8 +242,19 @@ def job_store_url(database_url: str) -> URL:
 def job_store_engine(database_url: str) -> Engine:
     url = job_store_url(database_url)
     if url.get_backend_name() == "sqlite":
-        # Other connections (the async engine) write the same file: wait for them.
-        return create_sync_engine(url, connect_args={"timeout": 30})
+        # Other connections (the async engine) write the same file: wait for them. APScheduler
+        # commits once per job it runs, on the event loop's thread: in WAL mode
+        # synchronous=NORMAL spares those commits an fsync each (as storage.db does).
+        engine = create_sync_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - driver callback
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
     return create_sync_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
 

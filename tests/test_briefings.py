@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from agents.personas import NOX
 from bot.briefings.render import MAX_LINES, list_text, render_briefing
 from bot.briefings.schedule import ScheduleError, parse_schedule, parse_timezone
-from bot.briefings.sections import SectionContent, SectionError, parse_section, parse_sections
+from bot.briefings.sections import (
+    BriefingContext,
+    SectionContent,
+    SectionError,
+    Sources,
+    SourceUnavailable,
+    parse_section,
+    parse_sections,
+)
 from bot.render import MAX_BLOCKS, SECTION_LIMIT
+from storage.repositories.briefings import Briefing
+from storage.tenancy import Tenant
 
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)
+
+
+FIRE = utc(2026, 11, 23, 8)
 
 
 @pytest.mark.parametrize(
@@ -187,3 +202,66 @@ def test_unavailable_and_empty_sections_are_shown_as_such():
         "*Open incidents*\n_unavailable: Jira is not connected in this workspace_",
         "*Pending approvals*\n_no approvals waiting_",
     ]
+
+
+class CountingSource:
+    """A source of the kind a Jira integration would plug in, counting its calls."""
+
+    def __init__(self, outcome) -> None:
+        self.outcome = outcome
+        self.calls = 0
+
+    async def gather(self, context, spec):
+        self.calls += 1
+        await asyncio.sleep(0.01)
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        if self.outcome == "slow":
+            await asyncio.sleep(1)
+        return SectionContent(spec.title, [f"{spec.jql} for {context.briefing.id}"])
+
+
+def briefing(subscription_id: int, tenant: str = "T0ACME", timezone: str = "UTC") -> Briefing:
+    now = utc(2026, 11, 23, 8)
+    return Briefing(
+        subscription_id, Tenant(tenant), "C0OPS", "nox", "daily 09:00", timezone,
+        [{"kind": "jira", "jql": "project = OPS"}], True, None, "U0ALICE", now, now,
+    )
+
+
+JIRA = parse_section({"kind": "jira", "title": "Open incidents", "jql": "project = OPS"})
+
+
+@pytest.mark.parametrize(
+    ("outcome", "shown"),
+    [
+        (SourceUnavailable("Jira answered 401: check the API token"),
+         "Jira answered 401: check the API token"),
+        (RuntimeError("boom"), "internal error (RuntimeError)"),
+        ("slow", "no answer within 0.2 s"),
+    ],
+)
+async def test_a_failing_source_makes_its_section_unavailable(outcome, shown):
+    sources = Sources({}, timeout=0.2)
+    sources.register("jira", CountingSource(outcome))
+    [content] = await sources.gather(BriefingContext(briefing(1), NOX, FIRE), [JIRA])
+    assert content.unavailable == shown
+
+
+async def test_a_kind_without_a_source_says_it_is_not_connected():
+    [jira, calendar] = await Sources({}).gather(
+        BriefingContext(briefing(1), NOX, FIRE), [JIRA, parse_section({"kind": "calendar"})]
+    )
+    assert jira.unavailable == "Jira is not connected in this workspace"
+    assert calendar.unavailable == "no calendar is connected in this workspace"
+
+
+async def test_briefings_of_a_workspace_due_together_share_workspace_wide_sections():
+    source = CountingSource("ok")
+    sources = Sources({"jira": source})
+    contexts = [BriefingContext(briefing(n), NOX, FIRE) for n in range(1, 6)]
+    contexts.append(BriefingContext(briefing(6, tenant="T0GLOBEX"), NOX, FIRE))
+    contexts.append(BriefingContext(briefing(7), NOX, FIRE + timedelta(minutes=1)))
+    results = await asyncio.gather(*(sources.gather(c, [JIRA]) for c in contexts))
+    assert source.calls == 3  # ACME at FIRE, GLOBEX at FIRE, ACME a minute later
+    assert {r[0].lines[0] for r in results[:5]} == {"project = OPS for 1"}

@@ -34,6 +34,7 @@ from bot.briefings.schedule import is_repeat
 from bot.briefings.sections import (
     BriefingContext,
     SectionContent,
+    Shared,
     Sources,
     parse_section,
 )
@@ -91,7 +92,8 @@ class Briefings:
     """Composes and delivers briefings. One instance per process; safe for concurrent runs.
 
     ``grace`` is the misfire grace time (a run later than this is skipped and recorded);
-    ``max_composing`` bounds how many briefings gather their sections at once.
+    ``max_preparing`` bounds how many runs claim and compose at once, so that when many fall
+    due together the first ones reach Slack while the others are still being gathered.
     """
 
     def __init__(
@@ -103,7 +105,7 @@ class Briefings:
         llm: LLMClient | None,
         default_model: str,
         grace: timedelta,
-        max_composing: int = 50,
+        max_preparing: int = 50,
     ) -> None:
         self.repos = repos
         self.sources = sources
@@ -111,7 +113,8 @@ class Briefings:
         self.llm = llm
         self.default_model = default_model
         self.grace = grace
-        self._composing = asyncio.Semaphore(max_composing)
+        self._preparing = asyncio.Semaphore(max_preparing)
+        self._shared = Shared()
         self._channel_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_post: dict[tuple[str, str], float] = {}
 
@@ -123,50 +126,61 @@ class Briefings:
         A run more than :attr:`grace` late at ``now`` is recorded as skipped instead.
         """
         now = now or datetime.now(UTC)
-        briefing = await self.repos.briefings.find(subscription_id)
-        if briefing is None:
-            log.info("briefing_gone", subscription_id=subscription_id)
-            return RunResult(Outcome.NOT_FOUND)
-        if not briefing.enabled:
-            return RunResult(Outcome.DISABLED)
-        local = scheduled_for.astimezone(ZoneInfo(briefing.timezone))
-        reason = None
-        if is_repeat(local):
-            reason = "the same wall-clock time came again as clocks went back"
-        elif now - scheduled_for > self.grace:
-            reason = f"missed by {_duration(now - scheduled_for)} (grace {_duration(self.grace)})"
-        if reason:
-            await self.repos.briefings.claim_delivery(
-                briefing.tenant,
-                briefing.id,
-                scheduled_for,
-                "schedule",
-                state=DeliveryState.SKIPPED,
-                detail=reason,
-            )
-            log.warning("briefing_skipped", subscription_id=briefing.id, reason=reason)
-            return RunResult(Outcome.SKIPPED, reason)
-        return await self._deliver(briefing, scheduled_for, "schedule")
+        async with self._preparing:
+            briefing = await self.repos.briefings.find(subscription_id)
+            if briefing is None:
+                log.info("briefing_gone", subscription_id=subscription_id)
+                return RunResult(Outcome.NOT_FOUND)
+            if not briefing.enabled:
+                return RunResult(Outcome.DISABLED)
+            reason = self._skip_reason(briefing, scheduled_for, now)
+            if reason:
+                await self.repos.briefings.claim_delivery(
+                    briefing.tenant,
+                    briefing.id,
+                    scheduled_for,
+                    "schedule",
+                    state=DeliveryState.SKIPPED,
+                    detail=reason,
+                )
+                log.warning("briefing_skipped", subscription_id=briefing.id, reason=reason)
+                return RunResult(Outcome.SKIPPED, reason)
+            prepared = await self._claim_and_prepare(briefing, scheduled_for, "schedule")
+        return await self._send_and_record(briefing, scheduled_for, prepared)
 
     async def run_now(self, tenant: Tenant, subscription_id: int) -> RunResult:
         """Post the briefing at once (``/nox-brief now``), recorded like a scheduled run."""
-        briefing = await self.repos.briefings.get(tenant, subscription_id)
-        if briefing is None:
-            return RunResult(Outcome.NOT_FOUND)
-        return await self._deliver(briefing, datetime.now(UTC).replace(microsecond=0), "now")
+        moment = datetime.now(UTC).replace(microsecond=0)
+        async with self._preparing:
+            briefing = await self.repos.briefings.get(tenant, subscription_id)
+            if briefing is None:
+                return RunResult(Outcome.NOT_FOUND)
+            prepared = await self._claim_and_prepare(briefing, moment, "now")
+        return await self._send_and_record(briefing, moment, prepared)
+
+    def _skip_reason(
+        self, briefing: Briefing, scheduled_for: datetime, now: datetime
+    ) -> str | None:
+        if is_repeat(scheduled_for.astimezone(ZoneInfo(briefing.timezone))):
+            return "the same wall-clock time came again as clocks went back"
+        if now - scheduled_for > self.grace:
+            return f"missed by {_duration(now - scheduled_for)} (grace {_duration(self.grace)})"
+        return None
 
     async def compose(
         self, briefing: Briefing, moment: datetime, footer: str | None = None
     ) -> Reply:
         """The briefing as it would be posted for a run at ``moment`` (nothing is recorded);
         ``footer`` replaces the line naming the briefing and how to pause it."""
-        config = await self.repos.config.load(briefing.tenant)
+        tenant = briefing.tenant
+        config = await self._shared.get(
+            (tenant.id, "config", moment), lambda: self.repos.config.load(tenant)
+        )
         persona = personas.effective(briefing.persona, config)
         context = BriefingContext(briefing, persona, moment)
         specs = [parse_section(item) for item in briefing.sections]
-        async with self._composing:
-            sections = await self.sources.gather(context, specs)
-            opening = await self._opening(persona, sections)
+        sections = await self.sources.gather(context, specs)
+        opening = await self._opening(persona, sections)
         local = moment.astimezone(ZoneInfo(briefing.timezone))
         return render_briefing(
             f"{persona.display_name} briefing — {local:%A %-d %B}",
@@ -179,37 +193,58 @@ class Briefings:
             ),
         )
 
-    async def _deliver(
+    async def _claim_and_prepare(
         self, briefing: Briefing, scheduled_for: datetime, trigger: str
-    ) -> RunResult:
-        tenant = briefing.tenant
+    ) -> Reply | RunResult | None:
+        """Claim the run and compose it: ``None`` when another caller claimed it first, else
+        the briefing to post or the failed result."""
         if not await self.repos.briefings.claim_delivery(
-            tenant, briefing.id, scheduled_for, trigger
+            briefing.tenant, briefing.id, scheduled_for, trigger
         ):
             log.info("briefing_already_claimed", subscription_id=briefing.id)
+            return None
+        # Shielded from here on: a claimed run is finished and recorded, never abandoned.
+        return await asyncio.shield(self._prepare(briefing, scheduled_for))
+
+    async def _send_and_record(
+        self, briefing: Briefing, scheduled_for: datetime, prepared: Reply | RunResult | None
+    ) -> RunResult:
+        if prepared is None:
             return RunResult(Outcome.DUPLICATE)
-        result = await asyncio.shield(self._post_claimed(briefing, scheduled_for))
-        await self.repos.briefings.finish_delivery(
-            tenant,
-            briefing.id,
-            scheduled_for,
-            DeliveryState.POSTED if result.outcome is Outcome.POSTED else DeliveryState.FAILED,
-            message_ts=result.message_ts,
-            detail=result.detail,
+        if isinstance(prepared, RunResult):
+            result = prepared
+        else:
+            result = await asyncio.shield(self._send(briefing, prepared))
+        await asyncio.shield(
+            self.repos.briefings.finish_delivery(
+                briefing.tenant,
+                briefing.id,
+                scheduled_for,
+                DeliveryState.POSTED if result.outcome is Outcome.POSTED else DeliveryState.FAILED,
+                message_ts=result.message_ts,
+                detail=result.detail,
+            )
         )
         log.info(
             "briefing_delivered",
             subscription_id=briefing.id,
-            tenant=tenant.id,
+            tenant=briefing.tenant.id,
             outcome=result.outcome.value,
             detail=result.detail,
         )
         return result
 
-    async def _post_claimed(self, briefing: Briefing, scheduled_for: datetime) -> RunResult:
+    async def _prepare(self, briefing: Briefing, scheduled_for: datetime) -> Reply | RunResult:
+        """The briefing to post, or the failed result when it cannot be composed."""
+        try:
+            return await self.compose(briefing, scheduled_for)
+        except Exception as exc:
+            log.exception("briefing_failed", subscription_id=briefing.id)
+            return RunResult(Outcome.FAILED, f"internal error ({type(exc).__name__})")
+
+    async def _send(self, briefing: Briefing, reply: Reply) -> RunResult:
         client: AsyncWebClient | None = None
         try:
-            reply = await self.compose(briefing, scheduled_for)
             client = await self.clients.for_tenant(briefing.tenant)
             response = await self._post(client, briefing.tenant, briefing.channel_id, reply)
         except SlackApiError as exc:

@@ -12,6 +12,7 @@ read; the briefing then shows "unavailable: reason" for that section and the res
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -137,13 +138,44 @@ class Source(Protocol):
         ...
 
 
+class Shared:
+    """One result per key for callers that ask within ``keep`` seconds of each other.
+
+    Briefings of one workspace due at the same moment gather the same workspace-wide data
+    (pending approvals, activity, a JQL list): the first run's gathering serves the others.
+    A failure is shared too, as it would repeat.
+    """
+
+    def __init__(self, keep: float = 60.0) -> None:
+        self._keep = keep
+        self._entries: dict[Hashable, tuple[float, asyncio.Task[Any]]] = {}
+
+    async def get(self, key: Hashable, gather: Callable[[], Awaitable[Any]]) -> Any:
+        now = asyncio.get_running_loop().time()
+        for old in [k for k, (expires, _) in self._entries.items() if expires < now]:
+            del self._entries[old]
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = (now + self._keep, asyncio.ensure_future(gather()))
+            self._entries[key] = entry
+        # Shielded: one caller's cancellation must not cancel the others' result.
+        return await asyncio.shield(entry[1])
+
+
 class Sources:
     """The sources by section kind. A kind with no source is "unavailable" with the reason in
-    :data:`NOT_CONNECTED` (its integration is not part of this deployment)."""
+    :data:`NOT_CONNECTED` (its integration is not part of this deployment).
+
+    Sections of kinds in :data:`PER_BRIEFING` are gathered for each briefing; the others are
+    workspace-wide and shared by the briefings of a workspace due at the same moment.
+    """
+
+    PER_BRIEFING = frozenset({"prompt"})
 
     def __init__(self, sources: dict[str, Source], timeout: float = SOURCE_TIMEOUT) -> None:
         self._sources = dict(sources)
         self._timeout = timeout
+        self._shared = Shared()
 
     def register(self, kind: str, source: Source) -> None:
         if kind not in KINDS:
@@ -161,7 +193,13 @@ class Sources:
         if source is None:
             return SectionContent(spec.title, unavailable=NOT_CONNECTED.get(spec.kind, "no source"))
         try:
-            return await asyncio.wait_for(source.gather(context, spec), self._timeout)
+            if spec.kind in self.PER_BRIEFING:
+                return await asyncio.wait_for(source.gather(context, spec), self._timeout)
+            briefing = context.briefing
+            key = (briefing.tenant.id, spec, context.scheduled_for, briefing.timezone)
+            return await self._shared.get(
+                key, lambda: asyncio.wait_for(source.gather(context, spec), self._timeout)
+            )
         except SourceUnavailable as exc:
             return SectionContent(spec.title, unavailable=exc.reason)
         except TimeoutError:

@@ -72,6 +72,7 @@ class FakeSlack:
         self._refresh_tokens: dict[str, str] = {}  # refresh token → team_id
         self._rotations = itertools.count(1)
         self.views: list[dict[str, Any]] = []
+        self.posted: list[dict[str, Any]] = []  # accepted chat.postMessage: channel, ts, text, at
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
 
@@ -291,6 +292,8 @@ class FakeSlack:
         if not state.get("is_member", True):
             return {"ok": False, "error": "not_in_channel"}
         ts = self._next_ts()
+        self.posted.append({"channel": params["channel"], "ts": ts,
+                            "text": params.get("text", ""), "at": time.time()})
         return {"ok": True, "channel": params["channel"], "ts": ts,
                 "message": self._message(w, params, ts)}
 
