@@ -84,7 +84,7 @@ def form(channel_id: str, persona: str, timezone: str) -> dict[str, Any]:
         "action_id": "value",
         "filter": {"include": ["public", "private"], "exclude_bot_users": True},
     }
-    if channel_id:
+    if channel_id.startswith(("C", "G")):  # not a DM: the select lists channels only
         channel["initial_conversation"] = channel_id
     persona_options = [_option(p.display_name, p.name) for p in personas.BUILTIN.values()]
     section_options = [_option(label, kind) for kind, label in KINDS.items()]
