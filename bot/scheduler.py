@@ -4,7 +4,8 @@ Jobs live in APScheduler's ``SQLAlchemyJobStore`` in Jamono's own database (tabl
 ``apscheduler_jobs``, created by migration 0003), so schedules and their next run times
 survive restarts. APScheduler 3 needs a synchronous engine for it: ``sqlite`` (the standard
 library driver) for SQLite files and ``postgresql+psycopg`` (psycopg 3, maintained, binary
-wheels) for PostgreSQL, where the rest of Jamono uses asyncpg.
+wheels) for PostgreSQL, where the rest of Jamono uses asyncpg. Its calls (a few per fired job,
+milliseconds each) run on the event loop's thread, as APScheduler 3 makes them.
 
 Exactly one process runs the scheduler, the holder of a lease (:class:`Lease`):
 
