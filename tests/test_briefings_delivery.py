@@ -204,6 +204,7 @@ async def test_with_an_llm_the_persona_opens_and_answers_the_prompt(database_url
     try:
         briefing = await subscribe(services, sections=[ALL_SECTIONS[1], ALL_SECTIONS[4]])
         result = await services.briefings.run_scheduled(briefing.id, FIRE, now=FIRE)
+        usage = await services.repos.metrics.usage_since(TENANT, FIRE - timedelta(days=1))
     finally:
         await services.close()
     assert result.outcome is Outcome.POSTED
@@ -216,6 +217,10 @@ async def test_with_an_llm_the_persona_opens_and_answers_the_prompt(database_url
     assert "Answer to: What should on-call watch today?" in opening_request["messages"][-1][
         "content"
     ]
+    # Both calls count in the workspace's usage: the prompt's turn and the opening.
+    assert usage.turns == 1
+    replies = ("Quiet night; nothing waits for you.", "Answer to: " + ALL_SECTIONS[4]["prompt"])
+    assert usage.completion_tokens == sum(max(1, len(text) // 4) for text in replies)
 
 
 async def test_scheduled_runs_refresh_a_rotated_token_themselves(sqlite_url, slack):

@@ -180,7 +180,7 @@ class Briefings:
         context = BriefingContext(briefing, persona, moment)
         specs = [parse_section(item) for item in briefing.sections]
         sections = await self.sources.gather(context, specs)
-        opening = await self._opening(persona, sections)
+        opening = await self._opening(tenant, persona, sections)
         local = moment.astimezone(ZoneInfo(briefing.timezone))
         return render_briefing(
             f"{persona.display_name} briefing — {local:%A %-d %B}",
@@ -288,9 +288,12 @@ class Briefings:
         except SlackApiError as exc:
             log.warning("pause_notice_failed", subscription_id=briefing.id, error=slack_error(exc))
 
-    async def _opening(self, persona: Persona, sections: list[SectionContent]) -> str | None:
+    async def _opening(
+        self, tenant: Tenant, persona: Persona, sections: list[SectionContent]
+    ) -> str | None:
         """A short opening written by the persona from the gathered data; ``None`` without an
-        LLM or when the model fails (the briefing is complete without it)."""
+        LLM or when the model fails (the briefing is complete without it). Its tokens count
+        in the workspace's usage."""
         if self.llm is None:
             return None
         data = "\n\n".join(_for_model(content) for content in sections)[:OPENING_DATA_LIMIT]
@@ -314,6 +317,14 @@ class Briefings:
         except LLMError as exc:
             log.warning("briefing_opening_failed", reason=str(exc))
             return None
+        await self.repos.briefings.record_llm_usage(
+            tenant,
+            persona=persona.name,
+            model=completion.model,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            duration_ms=completion.duration_ms,
+        )
         return (completion.content or "").strip()[:OPENING_LIMIT] or None
 
 

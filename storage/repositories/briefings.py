@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import BriefingDelivery, BriefingSubscription, utcnow
+from storage.models import BriefingDelivery, BriefingSubscription, LLMUsage, utcnow
 from storage.repositories._time import aware, to_utc
 from storage.tenancy import Tenant
 
@@ -209,6 +209,31 @@ class BriefingRepository:
                 )
                 .values(
                     state=state.value, message_ts=message_ts, detail=detail, finished_at=utcnow()
+                )
+            )
+
+    async def record_llm_usage(
+        self,
+        tenant: Tenant,
+        *,
+        persona: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        duration_ms: int,
+    ) -> None:
+        """Count the tokens of an LLM call a briefing made outside any turn (its opening), so
+        that the workspace's usage figures include them."""
+        async with self._sessions.begin() as session:
+            session.add(
+                LLMUsage(
+                    tenant_id=tenant.id,
+                    turn_id=None,
+                    persona=persona,
+                    model=model,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    duration_ms=duration_ms,
                 )
             )
 
