@@ -21,9 +21,11 @@ log = structlog.get_logger(__name__)
 # Kept equal to manifest.yml's oauth_config.scopes.bot (a test checks it).
 BOT_SCOPES = (
     "app_mentions:read",
+    "channels:read",  # conversations.info: is the bot in a briefing's channel?
     "chat:write",
     "commands",
     "files:write",
+    "groups:read",  # the same for private channels
     "im:history",
     "im:read",
     "im:write",

@@ -123,6 +123,42 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
         parser_.add_argument("--org", action="store_true", help="the id is an org-wide install's")
         parser_.set_defaults(handler=_connect, integration=integration)
+
+    brief = sub.add_parser(
+        "brief",
+        help="manage a workspace's scheduled briefings, as /nox-brief does",
+        description=(
+            "Same verbs as /nox-brief, e.g.: jamono brief --team T0123 list; "
+            "jamono brief --team T0123 add --channel C0OPS --schedule 'weekdays 08:30' "
+            "--timezone Europe/Paris --section approvals --section activity"
+        ),
+    )
+    brief.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
+    brief.add_argument("--org", action="store_true", help="the id is an org-wide install's")
+    brief_sub = brief.add_subparsers(required=True, metavar="verb", dest="verb")
+    add = brief_sub.add_parser("add", help="add a briefing (the channel is checked in Slack)")
+    add.add_argument("--channel", required=True, help="channel_id, e.g. C0123ABCD")
+    add.add_argument("--schedule", required=True, help="daily|weekdays HH:MM, weekly DAY HH:MM, "
+                     "or cron M H DOM MON DOW")
+    add.add_argument("--timezone", required=True, help="IANA name, e.g. Europe/Paris")
+    add.add_argument("--section", action="append", default=[], help="approvals, activity, "
+                     "jira, calendar or prompt; repeat for several")
+    add.add_argument("--jql", default="", help="JQL of the jira section")
+    add.add_argument("--prompt", default="", help="question of the prompt section")
+    add.add_argument(
+        "--persona", default=personas.DEFAULT_PERSONA, choices=sorted(personas.BUILTIN)
+    )
+    add.add_argument("--created-by", required=True, help="Slack user_id told about pauses")
+    brief_sub.add_parser("list", help="the workspace's briefings with their next run")
+    for verb, text in (
+        ("remove", "delete a briefing"),
+        ("pause", "stop a briefing without deleting it"),
+        ("resume", "start a paused briefing again"),
+        ("now", "post a briefing at once"),
+        ("preview", "print a briefing without posting it"),
+    ):
+        brief_sub.add_parser(verb, help=text).add_argument("id", type=int)
+    brief.set_defaults(handler=_brief)
     return parser
 
 
@@ -302,6 +338,53 @@ def _connect(settings: Settings, args: argparse.Namespace) -> int:
     return _execute(main())
 
 
+def _brief(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.briefings.clients import NotInstalled
+    from bot.briefings.manage import BriefingInputError, NewBriefing, add_briefing, describe
+    from bot.commands import CommandRequest, CommandRouter
+
+    tenant = _tenant(args)
+
+    async def main() -> int:
+        async with _services(settings) as services:
+            if args.verb == "add":
+                sections = [
+                    {"kind": kind, "jql": args.jql, "prompt": args.prompt}
+                    for kind in args.section
+                ]
+                try:
+                    client = await services.briefings.clients.for_tenant(tenant)
+                    briefing = await add_briefing(
+                        services.repos,
+                        client,
+                        tenant,
+                        args.created_by,
+                        NewBriefing(
+                            args.channel, args.schedule, args.timezone, sections, args.persona
+                        ),
+                    )
+                except (BriefingInputError, NotInstalled) as exc:
+                    print(f"Not saved: {exc}", file=sys.stderr)
+                    return 2
+                print(f"Added: {describe(briefing)}")
+                return 0
+            text = args.verb if args.verb == "list" else f"{args.verb} {args.id}"
+            reply = await CommandRouter(services).handle(
+                CommandRequest(
+                    tenant=tenant,
+                    command="/nox-brief",
+                    text=text,
+                    user_id="cli",
+                    channel_id="",
+                    is_admin=_always,
+                )
+            )
+            print(reply.text)
+            return 0
+
+    return _execute(main())
+
+
 async def _always() -> bool:
     return True
 
@@ -323,6 +406,7 @@ class _services:
 
 
 def _execute(coro) -> int:
+    """Run ``coro``; its result is the exit code when it returns an int."""
     from bot.services import StartupError
 
     try:

@@ -16,7 +16,6 @@ import time
 from contextlib import suppress
 from urllib.parse import parse_qs
 
-import aiohttp
 import structlog
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
@@ -26,6 +25,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
+from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
 from storage.db import ping
@@ -42,10 +42,8 @@ class Server:
     def __init__(self, services: Services, *, slack: bool = True) -> None:
         self.services = services
         self.settings = services.settings
-        # One connection pool to Slack for the whole process (created in the running loop).
-        self.slack_http = aiohttp.ClientSession()
         self.bolt: AsyncApp | None = (
-            build_app(services, self.slack_http)
+            build_app(services, services.slack_http)
             if slack and self.settings.slack_configured
             else None
         )
@@ -85,7 +83,9 @@ class Server:
             self.socket = AsyncSocketModeHandler(
                 self.bolt,
                 self.settings.slack_app_token.get_secret_value(),
-                web_client=web_client(self.settings.slack_api_url, session=self.slack_http),
+                web_client=web_client(
+                    self.settings.slack_api_url, session=self.services.slack_http
+                ),
             )
             await self.socket.connect_async()
             log.info("socket_mode_connected")
@@ -94,6 +94,21 @@ class Server:
             self._background.append(
                 asyncio.create_task(self._expire_approvals(), name="expire-approvals")
             )
+            self.services.scheduler = Scheduler(
+                briefings=self.services.briefings,
+                lease=self._lease(),
+                database_url=self.settings.database_url,
+                lease_seconds=self.settings.leader_lease,
+            )
+            self.services.scheduler.start()
+
+    def _lease(self) -> Lease:
+        """Redis when configured; else the database's own means (see bot.scheduler)."""
+        if self.services.redis is not None:
+            return RedisLease(self.services.redis, self.settings.leader_lease)
+        if self.services.engine.dialect.name == "postgresql":
+            return AdvisoryLock(self.services.engine)
+        return SoleProcess()
 
     async def stop(self) -> None:
         """Stop taking work, let in-flight turns finish within ``JAMONO_SHUTDOWN_GRACE`` s."""
@@ -105,12 +120,13 @@ class Server:
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+        if self.services.scheduler is not None:
+            await self.services.scheduler.stop(self.settings.shutdown_grace)
         cancelled = await self.services.inflight.drain(self.settings.shutdown_grace)
         for task in self._background:
             task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.slack_http.close()
         log.info("stopped", cancelled_turns=cancelled)
 
     async def _prune_claims(self) -> None:
@@ -148,7 +164,9 @@ class Server:
         )
         if bot is None:
             return None
-        return web_client(self.settings.slack_api_url, bot.bot_token, self.slack_http)
+        return web_client(
+            self.settings.slack_api_url, bot.bot_token, self.services.slack_http
+        )
 
     # Handlers --------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
+import aiohttp
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -23,7 +24,12 @@ from agents.status import StatusBoard
 from agents.tools import build_registry
 from bot import __version__
 from bot.approvals import ApprovalDesk, SlackApprovalNotifier
+from bot.briefings.clients import TeamClients
+from bot.briefings.delivery import Briefings
+from bot.briefings.sections import Sources
+from bot.briefings.sources import ActivitySource, ApprovalsSource, PromptSource
 from bot.dedupe import EventClaims
+from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.work import InFlight
 from integrations.calendar import CalDAVCredentials
@@ -60,6 +66,9 @@ class Services:
     inflight: InFlight
     approvals: ApprovalDesk
     cross_session: CrossSession | None = None
+    briefings: Briefings
+    slack_http: aiohttp.ClientSession  # one connection pool to Slack for every Web API client
+    scheduler: Scheduler | None = None  # set by the server that runs it
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -123,6 +132,21 @@ class Services:
         )
         if cross_session is not None:
             await cross_session.start()
+        slack_http = aiohttp.ClientSession()
+        briefings = Briefings(
+            repos=repos,
+            sources=Sources(
+                {
+                    "approvals": ApprovalsSource(repos),
+                    "activity": ActivitySource(repos),
+                    "prompt": PromptSource(runtime),
+                }
+            ),
+            clients=TeamClients(settings, engine, slack_http),
+            llm=llm,
+            default_model=settings.model,
+            grace=timedelta(seconds=settings.briefing_grace),
+        )
         return cls(
             settings=settings,
             engine=engine,
@@ -136,9 +160,12 @@ class Services:
             inflight=InFlight(),
             approvals=ApprovalDesk(repos, runtime.gate),
             cross_session=cross_session,
+            briefings=briefings,
+            slack_http=slack_http,
         )
 
     async def close(self) -> None:
+        await self.slack_http.close()
         if self.cross_session is not None:
             await self.cross_session.close()
         if self.llm is not None:

@@ -108,6 +108,15 @@ class Settings(BaseSettings):
         20.0, ge=0, validation_alias=AliasChoices("JAMONO_SHUTDOWN_GRACE")
     )
 
+    # Briefings (seconds): a run missed by less than the grace time is still delivered; the
+    # leader's lease bounds the hand-over after a leader dies to about 1⅓ leases.
+    briefing_grace: float = Field(
+        600.0, ge=0, validation_alias=AliasChoices("JAMONO_BRIEFING_GRACE")
+    )
+    leader_lease: float = Field(
+        15.0, ge=1, le=20, validation_alias=AliasChoices("JAMONO_LEADER_LEASE")
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

@@ -15,13 +15,17 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
+    Table,
     Text,
+    Unicode,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -268,3 +272,69 @@ class AuditEvent(Base):
     subject: Mapped[str | None] = mapped_column(String(64))  # e.g. an approval request id
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BriefingSubscription(Base):
+    """A scheduled briefing: which channel, which persona, when (``schedule`` in ``timezone``)
+    and which ``sections`` (a list of ``{"kind": …, …}`` objects, see bot.briefings.sections).
+
+    ``team_id``/``enterprise_id``/``is_enterprise_install`` are kept beside ``tenant_id`` because
+    a scheduled run has no incoming request to name the installation whose token posts it.
+    ``paused_reason`` says why a subscription stopped itself (a channel error), ``None`` when a
+    person paused it or it runs.
+    """
+
+    __tablename__ = "briefing_subscriptions"
+    __table_args__ = (Index("ix_briefing_subscriptions_tenant", "tenant_id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    team_id: Mapped[str | None] = mapped_column(String(32))
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    is_enterprise_install: Mapped[bool] = mapped_column(Boolean, default=False)
+    channel_id: Mapped[str] = mapped_column(String(32))
+    persona: Mapped[str] = mapped_column(String(32))
+    schedule: Mapped[str] = mapped_column(String(100))  # e.g. "weekdays 08:30", "cron 0 9 * * 1"
+    timezone: Mapped[str] = mapped_column(String(64))  # IANA name
+    sections: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    paused_reason: Mapped[str | None] = mapped_column(String(64))
+    created_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BriefingDelivery(Base):
+    """One run of a subscription, unique per (subscription, scheduled fire time).
+
+    The row is inserted before posting: whoever inserts it first posts, so a briefing is never
+    posted twice, whatever replicas or restarts do. ``state``: sending → posted | failed;
+    skipped for a run missed by more than the grace time.
+    """
+
+    __tablename__ = "briefing_deliveries"
+    __table_args__ = (UniqueConstraint("subscription_id", "scheduled_for"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(32))
+    subscription_id: Mapped[int] = mapped_column(
+        ForeignKey("briefing_subscriptions.id", ondelete="CASCADE")
+    )
+    scheduled_for: Mapped[datetime]
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | now
+    state: Mapped[str] = mapped_column(String(16))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+# APScheduler 3's SQLAlchemyJobStore table, declared as that store declares it so that the
+# migration creating it and this metadata agree. Only APScheduler reads and writes it.
+apscheduler_jobs = Table(
+    "apscheduler_jobs",
+    Base.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)

@@ -10,7 +10,7 @@ import re
 
 from agents import personas
 from agents.personas import Persona
-from bot.commands import config, connect, help, incident, link, metrics, status
+from bot.commands import brief, config, connect, help, incident, link, metrics, status
 from bot.commands.base import CommandRequest, Invocation, VerbSpec, command_lines
 from bot.render import Reply, section
 from bot.services import Services
@@ -46,6 +46,7 @@ def _verbs() -> dict[str, VerbSpec]:
             "declare an incident: ticket, post-mortem and summary in a new thread",
             incident.USAGE,
         ),
+        "brief": VerbSpec(brief.run, "scheduled channel briefings", brief.USAGE),
     }
 
 

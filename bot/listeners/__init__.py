@@ -7,7 +7,15 @@ import re
 from slack_bolt.async_app import AsyncApp
 
 from bot.commands import CommandRouter
-from bot.listeners import actions, commands, direct_messages, home, mentions, views
+from bot.listeners import (
+    actions,
+    briefings,
+    commands,
+    direct_messages,
+    home,
+    mentions,
+    views,
+)
 from bot.services import Services
 from bot.turns import SlackTurns
 
@@ -16,6 +24,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     turns = SlackTurns(services)
     mentions.register(app, turns)
     direct_messages.register(app, turns)
+    briefings.register(app, services)  # before commands: it takes `/nox-brief add`
     commands.register(app, CommandRouter(services), services)
     home.register(app, services)
     actions.register(app, services.approvals, services.inflight)

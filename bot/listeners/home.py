@@ -1,4 +1,5 @@
-"""``app_home_opened``: the Home tab introduces the workspace's personas and commands."""
+"""``app_home_opened``: the Home tab introduces the workspace's personas and commands, and
+lists the workspace's briefings with their next run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
+from bot.briefings.manage import describe
+from bot.briefings.render import list_text
 from bot.listeners.context import tenant_of
 from bot.render import context as context_block
 from bot.render import header, section
@@ -32,7 +35,8 @@ def register(app: AsyncApp, services: Services) -> None:
             return
         if not await services.claims.first_delivery(f"event:{body['event_id']}"):
             return
-        config = await services.repos.config.load(tenant_of(context))
+        tenant = tenant_of(context)
+        config = await services.repos.config.load(tenant)
         blocks: list[dict[str, Any]] = [header("Your agent colleagues")]
         for name in personas.BUILTIN:
             persona = personas.effective(name, config)
@@ -43,6 +47,14 @@ def register(app: AsyncApp, services: Services) -> None:
                     f"`/{persona.command_prefix}-help` lists what {persona.display_name} can do."
                 )
             )
+        briefings = await services.repos.briefings.list(tenant)
+        blocks.append(
+            section(
+                list_text("Briefings", [describe(b) for b in briefings])
+                if briefings
+                else "*Briefings*\nNone yet: `/nox-brief add` schedules one for a channel."
+            )
+        )
         blocks.append(
             context_block(
                 "Mention a persona in a channel to get an answer in the thread, or write here in "

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.repositories.approvals import ApprovalRepository
 from storage.repositories.audit import AuditRepository
+from storage.repositories.briefings import BriefingRepository
 from storage.repositories.claims import ClaimRepository
 from storage.repositories.config import ConfigRepository
 from storage.repositories.conversations import ConversationRepository
@@ -32,6 +33,7 @@ class Repositories:
     approvals: ApprovalRepository
     policy: PolicyRepository
     events: EventRepository
+    briefings: BriefingRepository
 
     @classmethod
     def over(
@@ -48,4 +50,5 @@ class Repositories:
             approvals=ApprovalRepository(sessions),
             policy=PolicyRepository(sessions),
             events=EventRepository(sessions),
+            briefings=BriefingRepository(sessions),
         )

@@ -91,6 +91,12 @@ class FakeSlack:
         self._last_post: dict[tuple[str, str], float] = {}
         self._sockets: list[SocketConnection] = []
         self._sent_at: dict[str, float] = {}
+        self._channels: dict[str, dict[str, bool]] = {}
+        self._inactive: set[str] = set()
+        self._refresh_tokens: dict[str, str] = {}  # refresh token → team_id
+        self._rotations = itertools.count(1)
+        self.views: list[dict[str, Any]] = []
+        self.posted: list[dict[str, Any]] = []  # accepted chat.postMessage: channel, ts, text, at
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.files: dict[str, UploadedFile] = {}  # shared by files.completeUploadExternal
@@ -169,6 +175,24 @@ class FakeSlack:
             "team_name": team_name or team_id, "installer": installer,
         }
 
+    def set_channel(
+        self, channel_id: str, *, exists: bool = True, is_member: bool = True,
+        is_archived: bool = False,
+    ) -> None:
+        """How ``channel_id`` looks to the bot; unknown channels exist and have the bot in."""
+        self._channels[channel_id] = {
+            "exists": exists, "is_member": is_member, "is_archived": is_archived,
+        }
+
+    def deactivate(self, team_id: str) -> None:
+        """Every call with the workspace's token now fails with ``account_inactive``."""
+        self._inactive.add(team_id)
+
+    def enable_token_rotation(self, team_id: str, refresh_token: str) -> None:
+        """``oauth.v2.access`` with ``grant_type=refresh_token`` and this token issues a new
+        bot token for the workspace (``expires_in`` 43,200 s); the old one stops working."""
+        self._refresh_tokens[refresh_token] = team_id
+
     def fail_next(self, method: str, status: int = 500, retry_after: int = 1, times: int = 1):
         self._faults[method].extend([(status, retry_after)] * times)
 
@@ -245,6 +269,8 @@ class FakeSlack:
             return web.json_response({"ok": False, "error": "not_authed"})
         if workspace is None:
             return web.json_response({"ok": False, "error": "invalid_auth"})
+        if workspace.team_id in self._inactive:
+            return web.json_response({"ok": False, "error": "account_inactive"})
         limited = self._rate_limited(method, workspace, params)
         if limited:
             return limited
@@ -290,7 +316,16 @@ class FakeSlack:
             return {"ok": False, "error": "channel_not_found"}
         if not params.get("text") and not params.get("blocks"):
             return {"ok": False, "error": "no_text"}
+        state = self._channels.get(params["channel"], {})
+        if not state.get("exists", True):
+            return {"ok": False, "error": "channel_not_found"}
+        if state.get("is_archived"):
+            return {"ok": False, "error": "is_archived"}
+        if not state.get("is_member", True):
+            return {"ok": False, "error": "not_in_channel"}
         ts = self._next_ts()
+        self.posted.append({"channel": params["channel"], "ts": ts,
+                            "text": params.get("text", ""), "at": time.time()})
         return {"ok": True, "channel": params["channel"], "ts": ts,
                 "message": self._message(w, params, ts)}
 
@@ -321,9 +356,13 @@ class FakeSlack:
 
     def _m_conversations_info(self, w: Workspace, params: dict) -> dict:
         channel = params.get("channel", "")
+        state = self._channels.get(channel, {})
+        if not state.get("exists", True):
+            return {"ok": False, "error": "channel_not_found"}
         return {"ok": True, "channel": {
             "id": channel, "name": channel.lower(), "is_im": channel.startswith("D"),
-            "is_channel": channel.startswith("C"), "is_member": True,
+            "is_channel": channel.startswith("C"), "is_member": state.get("is_member", True),
+            "is_archived": state.get("is_archived", False),
         }}
 
     def _m_views_open(self, w: Workspace, params: dict) -> dict:
@@ -384,6 +423,8 @@ class FakeSlack:
         client = _basic(request) or (params.get("client_id"), params.get("client_secret"))
         if self._oauth_app is None or tuple(client) != self._oauth_app:
             return web.json_response({"ok": False, "error": "invalid_client_id"})
+        if params.get("grant_type") == "refresh_token":
+            return self._refresh(params.get("refresh_token", ""))
         grant = self._oauth_codes.pop(params.get("code", ""), None)
         if grant is None:
             return web.json_response({"ok": False, "error": "invalid_code"})
@@ -395,6 +436,27 @@ class FakeSlack:
             "access_token": workspace.bot_token, "bot_user_id": workspace.bot_user_id,
             "team": {"id": workspace.team_id, "name": workspace.team_name},
             "enterprise": None, "is_enterprise_install": False,
+        })
+
+    def _refresh(self, refresh_token: str) -> web.Response:
+        team_id = self._refresh_tokens.pop(refresh_token, None)
+        if team_id is None:
+            return web.json_response({"ok": False, "error": "invalid_refresh_token"})
+        old_token, workspace = next(
+            (t, w) for t, w in self._workspaces.items() if w.team_id == team_id
+        )
+        rotation = next(self._rotations)
+        workspace.bot_token = f"xoxe.xoxb-{team_id.lower()}-{rotation}"
+        new_refresh = f"xoxe-1-{team_id.lower()}-{rotation}"
+        del self._workspaces[old_token]
+        self._workspaces[workspace.bot_token] = workspace
+        self._refresh_tokens[new_refresh] = team_id
+        return web.json_response({
+            "ok": True, "app_id": APP_ID, "token_type": "bot", "scope": "chat:write,commands",
+            "access_token": workspace.bot_token, "refresh_token": new_refresh,
+            "expires_in": 43200, "bot_user_id": workspace.bot_user_id,
+            "team": {"id": team_id, "name": workspace.team_name}, "enterprise": None,
+            "is_enterprise_install": False,
         })
 
     async def _upload(self, request: web.Request) -> web.Response:
@@ -565,20 +627,22 @@ class FakeSlack:
         return trigger_id
 
     def view_submission_payload(
-        self, team_id: str, user_id: str, view: dict[str, Any], values: dict[str, str | None],
+        self, team_id: str, user_id: str, view: dict[str, Any], values: dict[str, Any],
     ) -> dict[str, Any]:
         """The interactivity payload Slack POSTs when ``user_id`` submits the opened ``view``.
 
-        ``values`` maps each input block's block_id to the text typed into its one
-        plain-text input (``None`` for left empty).
+        ``values`` maps each input block's block_id to the text typed into its plain-text
+        input (``None`` for left empty), or, for other elements, to their state as Slack
+        sends it (``{"selected_conversation": "C1"}``, ``{"selected_options": [...]}`` …).
         """
         state: dict[str, dict[str, Any]] = {}
         for block in view.get("blocks", []):
             if block.get("type") != "input":
                 continue
             element = block["element"]
-            state[block["block_id"]] = {element["action_id"]: {
-                "type": element["type"], "value": values.get(block["block_id"])}}
+            value = values.get(block["block_id"])
+            chosen = value if isinstance(value, dict) else {"value": value}
+            state[block["block_id"]] = {element["action_id"]: {"type": element["type"], **chosen}}
         return {
             "type": "view_submission", "team": {"id": team_id, "domain": "acme"},
             "user": {"id": user_id, "username": user_id.lower(), "name": user_id.lower(),

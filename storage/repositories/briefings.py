@@ -1,0 +1,299 @@
+"""Briefing subscriptions and their deliveries.
+
+A delivery row is unique per (subscription, scheduled fire time) and is inserted *before* the
+briefing is posted: :meth:`BriefingRepository.claim_delivery` returns ``True`` to exactly one
+caller, on SQLite and PostgreSQL alike, so two replicas (or a leader and its successor) never
+post the same run twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from storage.models import BriefingDelivery, BriefingSubscription, LLMUsage, utcnow
+from storage.repositories._time import aware, to_utc
+from storage.tenancy import Tenant
+
+
+class DeliveryState(StrEnum):
+    SENDING = "sending"
+    POSTED = "posted"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Briefing:
+    """A subscription as stored. ``sections`` is a list of ``{"kind": …, …}`` objects."""
+
+    id: int
+    tenant: Tenant
+    channel_id: str
+    persona: str
+    schedule: str
+    timezone: str
+    sections: list[dict[str, Any]]
+    enabled: bool
+    paused_reason: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class Delivery:
+    subscription_id: int
+    scheduled_for: datetime
+    trigger: str  # schedule | now
+    state: DeliveryState
+    message_ts: str | None
+    detail: str | None
+
+
+class BriefingRepository:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(
+        self,
+        tenant: Tenant,
+        *,
+        channel_id: str,
+        persona: str,
+        schedule: str,
+        timezone: str,
+        sections: list[dict[str, Any]],
+        created_by: str,
+    ) -> Briefing:
+        """Store a new, enabled subscription. Validation is the caller's (bot.briefings)."""
+        row = BriefingSubscription(
+            tenant_id=tenant.id,
+            team_id=tenant.team_id,
+            enterprise_id=tenant.enterprise_id,
+            is_enterprise_install=tenant.is_enterprise_install,
+            channel_id=channel_id,
+            persona=persona,
+            schedule=schedule,
+            timezone=timezone,
+            sections=sections,
+            enabled=True,
+            created_by=created_by,
+        )
+        async with self._sessions.begin() as session:
+            session.add(row)
+            await session.flush()
+            await session.refresh(row)
+            return _briefing(row)
+
+    async def get(self, tenant: Tenant, subscription_id: int) -> Briefing | None:
+        async with self._sessions() as session:
+            row = await session.scalar(_one(tenant, subscription_id))
+        return _briefing(row) if row is not None else None
+
+    async def list(self, tenant: Tenant) -> list[Briefing]:
+        """The workspace's subscriptions, oldest first."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(BriefingSubscription)
+                .where(BriefingSubscription.tenant_id == tenant.id)
+                .order_by(BriefingSubscription.id)
+            )
+            return [_briefing(row) for row in rows]
+
+    async def all_enabled(self) -> list[Briefing]:
+        """Every enabled subscription of every workspace, for the scheduler (not tenant-scoped)."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(BriefingSubscription)
+                .where(BriefingSubscription.enabled.is_(True))
+                .order_by(BriefingSubscription.id)
+            )
+            return [_briefing(row) for row in rows]
+
+    async def find(self, subscription_id: int) -> Briefing | None:
+        """A subscription by id in any workspace: scheduled jobs carry only the id."""
+        async with self._sessions() as session:
+            row = await session.get(BriefingSubscription, subscription_id)
+        return _briefing(row) if row is not None else None
+
+    async def delete(self, tenant: Tenant, subscription_id: int) -> bool:
+        """``False`` when the workspace has no such subscription."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                delete(BriefingSubscription).where(
+                    BriefingSubscription.tenant_id == tenant.id,
+                    BriefingSubscription.id == subscription_id,
+                )
+            )
+            return result.rowcount == 1
+
+    async def set_enabled(self, tenant: Tenant, subscription_id: int, enabled: bool) -> bool:
+        """Pause or resume (clearing any ``paused_reason``); ``False`` when there is no such
+        subscription."""
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                _update(tenant, subscription_id).values(
+                    enabled=enabled, paused_reason=None, updated_at=utcnow()
+                )
+            )
+            return result.rowcount == 1
+
+    async def pause_for(self, tenant: Tenant, subscription_id: int, reason: str) -> bool:
+        """Pause an enabled subscription because of ``reason`` (a Slack error code).
+
+        ``True`` for exactly one caller among concurrent ones: the one that should tell the
+        subscription's creator.
+        """
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                _update(tenant, subscription_id)
+                .where(BriefingSubscription.enabled.is_(True))
+                .values(enabled=False, paused_reason=reason, updated_at=utcnow())
+            )
+            return result.rowcount == 1
+
+    async def claim_delivery(
+        self,
+        tenant: Tenant,
+        subscription_id: int,
+        scheduled_for: datetime,
+        trigger: str,
+        state: DeliveryState = DeliveryState.SENDING,
+        detail: str | None = None,
+    ) -> bool:
+        """Insert the delivery of one run; ``True`` for the first caller only.
+
+        Raises:
+            ValueError: ``scheduled_for`` is naive.
+        """
+        row = BriefingDelivery(
+            tenant_id=tenant.id,
+            subscription_id=subscription_id,
+            scheduled_for=to_utc(scheduled_for),
+            trigger=trigger,
+            state=state.value,
+            detail=detail,
+            finished_at=None if state is DeliveryState.SENDING else utcnow(),
+        )
+        try:
+            async with self._sessions.begin() as session:
+                session.add(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def finish_delivery(
+        self,
+        tenant: Tenant,
+        subscription_id: int,
+        scheduled_for: datetime,
+        state: DeliveryState,
+        *,
+        message_ts: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(BriefingDelivery)
+                .where(
+                    BriefingDelivery.tenant_id == tenant.id,
+                    BriefingDelivery.subscription_id == subscription_id,
+                    BriefingDelivery.scheduled_for == to_utc(scheduled_for),
+                )
+                .values(
+                    state=state.value, message_ts=message_ts, detail=detail, finished_at=utcnow()
+                )
+            )
+
+    async def record_llm_usage(
+        self,
+        tenant: Tenant,
+        *,
+        persona: str,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        duration_ms: int,
+    ) -> None:
+        """Count the tokens of an LLM call a briefing made outside any turn (its opening), so
+        that the workspace's usage figures include them."""
+        async with self._sessions.begin() as session:
+            session.add(
+                LLMUsage(
+                    tenant_id=tenant.id,
+                    turn_id=None,
+                    persona=persona,
+                    model=model,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    duration_ms=duration_ms,
+                )
+            )
+
+    async def deliveries(self, tenant: Tenant, subscription_id: int) -> list[Delivery]:
+        """The subscription's runs, oldest first."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(BriefingDelivery)
+                .where(
+                    BriefingDelivery.tenant_id == tenant.id,
+                    BriefingDelivery.subscription_id == subscription_id,
+                )
+                .order_by(BriefingDelivery.scheduled_for, BriefingDelivery.id)
+            )
+            return [
+                Delivery(
+                    subscription_id=row.subscription_id,
+                    scheduled_for=aware(row.scheduled_for),
+                    trigger=row.trigger,
+                    state=DeliveryState(row.state),
+                    message_ts=row.message_ts,
+                    detail=row.detail,
+                )
+                for row in rows
+            ]
+
+
+def _one(tenant: Tenant, subscription_id: int):
+    return select(BriefingSubscription).where(
+        BriefingSubscription.tenant_id == tenant.id, BriefingSubscription.id == subscription_id
+    )
+
+
+def _update(tenant: Tenant, subscription_id: int):
+    return (
+        update(BriefingSubscription)
+        .where(
+            BriefingSubscription.tenant_id == tenant.id,
+            BriefingSubscription.id == subscription_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _briefing(row: BriefingSubscription) -> Briefing:
+    return Briefing(
+        id=row.id,
+        tenant=Tenant(
+            team_id=row.team_id,
+            enterprise_id=row.enterprise_id,
+            is_enterprise_install=row.is_enterprise_install,
+        ),
+        channel_id=row.channel_id,
+        persona=row.persona,
+        schedule=row.schedule,
+        timezone=row.timezone,
+        sections=list(row.sections),
+        enabled=row.enabled,
+        paused_reason=row.paused_reason,
+        created_by=row.created_by,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+    )
