@@ -65,9 +65,9 @@ class Services:
     claims: EventClaims
     inflight: InFlight
     approvals: ApprovalDesk
-    cross_session: CrossSession | None = None
     briefings: Briefings
     slack_http: aiohttp.ClientSession  # one connection pool to Slack for every Web API client
+    cross_session: CrossSession | None = None
     scheduler: Scheduler | None = None  # set by the server that runs it
 
     @classmethod

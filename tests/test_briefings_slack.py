@@ -31,21 +31,20 @@ def values(channel="C0OPS", schedule="weekdays 08:30", timezone="Europe/Paris", 
            jql=None, prompt=None):
     chosen = sections or ["approvals", "activity"]
     return {
-        "channel": {"value": {"type": "conversations_select", "selected_conversation": channel}},
-        "persona": {"value": {"type": "static_select", "selected_option": {"value": "nox"}}},
-        "schedule": {"value": {"type": "plain_text_input", "value": schedule}},
-        "timezone": {"value": {"type": "plain_text_input", "value": timezone}},
-        "sections": {"value": {"type": "checkboxes", "selected_options": [
-            {"value": kind} for kind in chosen
-        ]}},
-        "jql": {"value": {"type": "plain_text_input", "value": jql}},
-        "prompt": {"value": {"type": "plain_text_input", "value": prompt}},
+        "channel": {"selected_conversation": channel},
+        "persona": {"selected_option": {"value": "nox"}},
+        "schedule": schedule,
+        "timezone": timezone,
+        "sections": {"selected_options": [{"value": kind} for kind in chosen]},
+        "jql": jql,
+        "prompt": prompt,
     }
 
 
 async def submit(http, jamono, slack, view, form_values, user=ALICE):
-    fields = slack.view_submission_payload(ACME, user, view, form_values)
-    status, text = await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields)
+    payload = slack.view_submission_payload(ACME, user, view, form_values)
+    status, text = await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET,
+                                   {"payload": json.dumps(payload)})
     assert status == 200
     return json.loads(text) if text else {}
 
