@@ -27,7 +27,13 @@ from bot.approvals import ApprovalDesk, SlackApprovalNotifier
 from bot.briefings.clients import TeamClients
 from bot.briefings.delivery import Briefings
 from bot.briefings.sections import Sources
-from bot.briefings.sources import ActivitySource, ApprovalsSource, PromptSource
+from bot.briefings.sources import (
+    ActivitySource,
+    ApprovalsSource,
+    CalendarSource,
+    JiraSource,
+    PromptSource,
+)
 from bot.dedupe import EventClaims
 from bot.scheduler import Scheduler
 from bot.settings import Settings
@@ -140,6 +146,8 @@ class Services:
                     "approvals": ApprovalsSource(repos),
                     "activity": ActivitySource(repos),
                     "prompt": PromptSource(runtime),
+                    "jira": JiraSource(connections),
+                    "calendar": CalendarSource(connections),
                 }
             ),
             clients=TeamClients(settings, engine, slack_http),

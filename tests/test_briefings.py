@@ -248,12 +248,9 @@ async def test_a_failing_source_makes_its_section_unavailable(outcome, shown):
     assert content.unavailable == shown
 
 
-async def test_a_kind_without_a_source_says_it_is_not_connected():
-    [jira, calendar] = await Sources({}).gather(
-        BriefingContext(briefing(1), NOX, FIRE), [JIRA, parse_section({"kind": "calendar"})]
-    )
-    assert jira.unavailable == "Jira is not connected in this workspace"
-    assert calendar.unavailable == "no calendar is connected in this workspace"
+async def test_a_kind_without_a_source_is_unavailable():
+    [jira] = await Sources({}).gather(BriefingContext(briefing(1), NOX, FIRE), [JIRA])
+    assert jira.unavailable == "no source for this kind of section"
 
 
 async def test_briefings_of_a_workspace_due_together_share_workspace_wide_sections():

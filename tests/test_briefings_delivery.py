@@ -14,10 +14,13 @@ from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstall
 from bot.briefings.delivery import Outcome
 from bot.services import Services
 from bot.settings import load_settings
+from integrations.calendar import CalDAVClient, CalDAVCredentials, build_invitation
 from storage import migrate
 from storage.repositories.briefings import DeliveryState
 from storage.tenancy import Tenant
 from tests.e2e import ACME, ACME_TOKEN, ALICE, SIGNING_SECRET
+from tests.fakes.jira import FakeJira
+from tests.radicale import running_radicale
 
 TENANT = Tenant(ACME)
 OPS = "C0OPS"
@@ -257,3 +260,40 @@ async def test_scheduled_runs_refresh_a_rotated_token_themselves(sqlite_url, sla
     assert refreshes[0].params["grant_type"] == "refresh_token"
     assert saved.bot_token == "xoxe.xoxb-t0acme-1"
     assert {call.token for call in posts(slack)} == {"xoxe.xoxb-t0acme-1"}
+
+
+async def test_jira_and_calendar_sections_from_the_workspace_integrations(
+    sqlite_url, slack, tmp_path
+):
+    """The fake Jira answers the section's JQL; a real Radicale holds the day's post-mortem."""
+    start = FIRE + timedelta(hours=2)  # 10:00 UTC, 11:00 in Paris
+    invitation = build_invitation(
+        title="Post-mortem: payments API down", start=start, duration=60,
+        timezone="Europe/Paris", organizer="alice@acme.test", attendees=["bob@acme.test"],
+    )
+    with running_radicale(tmp_path / "radicale", calendars=("Post-mortems",)) as url:
+        calendar = CalDAVCredentials(url, "nox", "any", "Post-mortems")
+        await CalDAVClient(calendar).store_event(invitation.store_ics)
+        async with FakeJira("cloud") as jira:
+            services = await start_services(
+                sqlite_url, slack, JIRA_URL=jira.url, JIRA_EMAIL=jira.email,
+                JIRA_API_TOKEN=jira.api_token, CALDAV_URL=url, CALDAV_USERNAME="nox",
+                CALDAV_PASSWORD="any", CALDAV_CALENDAR="Post-mortems",
+            )
+            try:
+                briefing = await subscribe(services, sections=[
+                    {"kind": "jira", "title": "Open OPS",
+                     "jql": "project = OPS AND status != Done"},
+                    {"kind": "calendar"},
+                ])
+                result = await services.briefings.run_scheduled(briefing.id, FIRE, now=FIRE)
+            finally:
+                await services.close()
+    assert result.outcome is Outcome.POSTED
+    [call] = posts(slack)
+    jira_text, calendar_text = section_texts(call)
+    assert jira_text.startswith("*Open OPS*\n")
+    assert f"<{jira.url}/browse/OPS-2|OPS-2>" in jira_text and "OPS-1" not in jira_text
+    assert calendar_text == (
+        "*Upcoming calendar events*\n• Mon 11:00–12:00 Post-mortem: payments API down"
+    )

@@ -31,11 +31,6 @@ KINDS: dict[str, str] = {
     "activity": "Persona activity, last 24 hours",
     "prompt": "From the persona (free prompt)",
 }
-# Kinds whose source lives in an integration that may not be connected in a deployment.
-NOT_CONNECTED: dict[str, str] = {
-    "jira": "Jira is not connected in this workspace",
-    "calendar": "no calendar is connected in this workspace",
-}
 MAX_SECTIONS = 10
 MAX_JQL = 1000  # characters
 MAX_PROMPT = 2000  # characters
@@ -163,8 +158,7 @@ class Shared:
 
 
 class Sources:
-    """The sources by section kind. A kind with no source is "unavailable" with the reason in
-    :data:`NOT_CONNECTED` (its integration is not part of this deployment).
+    """The sources by section kind (a kind with no source shows as unavailable).
 
     Sections of kinds in :data:`PER_BRIEFING` are gathered for each briefing; the others are
     workspace-wide and shared by the briefings of a workspace due at the same moment.
@@ -191,7 +185,7 @@ class Sources:
     async def _one(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
         source = self._sources.get(spec.kind)
         if source is None:
-            return SectionContent(spec.title, unavailable=NOT_CONNECTED.get(spec.kind, "no source"))
+            return SectionContent(spec.title, unavailable="no source for this kind of section")
         try:
             if spec.kind in self.PER_BRIEFING:
                 return await asyncio.wait_for(source.gather(context, spec), self._timeout)

@@ -1,15 +1,22 @@
-"""The section sources built on Jamono's own data: pending approvals, persona activity and the
-persona's answer to a free prompt. Jira and calendar sources come from their integrations."""
+"""The section sources: pending approvals, persona activity and the persona's answer to a free
+prompt from Jamono's own data; Jira issues and upcoming events from the workspace's
+integrations (through the same connections, retries and circuits as the persona's tools)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
+from agents.connections import Connections, NotConnected, explain
 from agents.runtime import AgentRuntime, TurnRequest
 from bot.briefings.sections import BriefingContext, SectionContent, SectionSpec, SourceUnavailable
+from integrations.errors import IntegrationError
 from storage.repositories import Repositories
 
 ACTIVITY_WINDOW = timedelta(hours=24)
+JIRA_LIMIT = 50  # issues fetched for one section; the renderer shortens long lists further
+CALENDAR_WINDOW_DAYS = 1  # "today's post-mortems": the day after the run
+CALENDAR_LIMIT = 25
 
 
 class ApprovalsSource:
@@ -81,3 +88,54 @@ class PromptSource:
                 f"{context.persona.display_name} could not answer ({outcome.status})"
             )
         return SectionContent(spec.title, text=outcome.text)
+
+
+class JiraSource:
+    """The issues a section's JQL finds in the workspace's Jira, as links with their status."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def gather(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
+        try:
+            jira = await self._connections.jira(context.briefing.tenant)
+            found = await jira.search(spec.jql or "", limit=JIRA_LIMIT)
+        except NotConnected:
+            raise SourceUnavailable("Jira is not connected in this workspace") from None
+        except IntegrationError as exc:
+            raise SourceUnavailable(explain(exc)) from None
+        lines = [
+            f"<{issue.url}|{issue.key}> {issue.summary} — {issue.status}"
+            + (f" ({issue.assignee})" if issue.assignee else "")
+            for issue in found.issues
+        ]
+        if found.total is not None and found.total > len(lines):
+            lines.append(f"and {found.total - len(lines)} more in Jira")
+        elif found.more:
+            lines.append("and more in Jira")
+        return SectionContent(spec.title, lines, empty="no matching issues")
+
+
+class CalendarSource:
+    """The workspace calendar's events in the day after the run, in the briefing's timezone."""
+
+    def __init__(self, connections: Connections) -> None:
+        self._connections = connections
+
+    async def gather(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
+        try:
+            calendar = await self._connections.calendar(context.briefing.tenant)
+            if calendar is None:
+                raise SourceUnavailable("no calendar is connected in this workspace")
+            events = await calendar.upcoming(
+                context.scheduled_for, CALENDAR_WINDOW_DAYS, CALENDAR_LIMIT
+            )
+        except IntegrationError as exc:
+            raise SourceUnavailable(explain(exc)) from None
+        zone = ZoneInfo(context.briefing.timezone)
+        lines = [
+            f"{event.start.astimezone(zone):%a %H:%M}–{event.end.astimezone(zone):%H:%M} "
+            f"{event.summary}"
+            for event in events
+        ]
+        return SectionContent(spec.title, lines, empty="no events in the next 24 hours")
