@@ -42,10 +42,17 @@ MAX_ARGUMENTS = 40  # argument sections in one message (a message holds 50 block
 # Rendering ---------------------------------------------------------------------------------
 
 
+RESULT_LIMIT = 2500  # characters of an action's result shown on its approval message
+
+
 def _escape(text: str) -> str:
     """Slack's mrkdwn control characters shown literally
     (https://api.slack.com/reference/surfaces/formatting#escaping)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= RESULT_LIMIT else text[: RESULT_LIMIT - 1] + "…"
 
 
 def argument_text(value: Any) -> str:
@@ -116,7 +123,8 @@ def outcome_text(approval: Approval, result: str | None = None) -> str:
     by = f"<@{approval.decided_by}>" if approval.decided_by else "someone"
     match approval.state:
         case State.EXECUTED:
-            return f"✅ Approved by {by} — done.\n{argument_text(result or '')}"
+            # Tools answer in mrkdwn (issue keys as links), so the result is shown as such.
+            return f"✅ Approved by {by} — done.\n{_shortened(result or '')}"
         case State.FAILED:
             return f"⚠️ Approved by {by}, but it failed.\n{argument_text(result or '')}"
         case State.REJECTED:

@@ -175,7 +175,8 @@ def build(connections: Connections) -> list[Tool]:
                 "additionalProperties": False}
 
     return [
-        Tool.from_function(calendar_schedule_meeting, risk="write", parameters=schema({
+        Tool.from_function(calendar_schedule_meeting, risk="write", target=_invitation,
+                           parameters=schema({
             "title": {"type": "string", "minLength": 1},
             "start": {"type": "string", "minLength": 1,
                       "description": "Local start date and time, ISO 8601: 2026-11-24T10:00."},
@@ -195,3 +196,12 @@ def build(connections: Connections) -> list[Tool]:
                       "description": "Most events to list (default 10)."},
         }, [])),
     ]
+
+
+def _invitation(arguments: dict[str, Any]) -> str:
+    """What an approval message names as the target: who gets the invitation, and where."""
+    people = ", ".join(map(str, arguments.get("attendees", []))) or "nobody yet"
+    return (
+        f"an invitation to {people}, posted in this thread and added to the workspace calendar "
+        "when one is connected"
+    )

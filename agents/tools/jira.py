@@ -107,7 +107,7 @@ def build(connections: Connections) -> list[Tool]:
                       "description": "Most issues to return (default 10)."},
         }, ["jql"])),
         Tool.from_function(jira_get_issue, parameters=schema({"key": _KEY}, ["key"])),
-        Tool.from_function(jira_create_issue, risk="write", parameters=schema({
+        Tool.from_function(jira_create_issue, risk="write", target=_project, parameters=schema({
             "project": {**text, "description": "Project key, e.g. OPS."},
             "summary": {**text, "maxLength": 255, "description": "One-line title."},
             "issue_type": {**text, "description": "Issue type name: Task, Bug, Incident … "
@@ -117,11 +117,21 @@ def build(connections: Connections) -> list[Tool]:
             "labels": {"type": "array", "items": {"type": "string", "pattern": r"^\S+$"},
                        "description": "Labels, without spaces."},
         }, ["project", "summary"])),
-        Tool.from_function(jira_add_comment, risk="write", parameters=schema({
+        Tool.from_function(jira_add_comment, risk="write", target=_issue, parameters=schema({
             "key": _KEY, "body": {**text, "description": "The comment (Jira wiki text)."},
         }, ["key", "body"])),
-        Tool.from_function(jira_transition_issue, risk="write", parameters=schema({
+        Tool.from_function(jira_transition_issue, risk="write", target=_issue,
+                           parameters=schema({
             "key": _KEY,
             "transition": {**text, "description": "Transition name as shown in Jira."},
         }, ["key", "transition"])),
     ]
+
+
+def _project(arguments: dict[str, Any]) -> str:
+    """What an approval message names as the target of a new issue."""
+    return f"Jira project {arguments.get('project', '?')}"
+
+
+def _issue(arguments: dict[str, Any]) -> str:
+    return f"Jira issue {arguments.get('key', '?')}"
