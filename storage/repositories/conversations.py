@@ -99,19 +99,8 @@ class ConversationRepository:
         """
         async with self._sessions.begin() as session:
             history = await _recent(session, tenant, channel_id, thread_ts, history_limit)
-            conversation_id = await _upsert_conversation(
-                session, tenant, channel_id, thread_ts, persona
-            )
-            turn_id = await session.scalar(
-                insert(Turn)
-                .values(
-                    tenant_id=tenant.id,
-                    conversation_id=conversation_id,
-                    persona=persona,
-                    user_id=user_id,
-                    status="running",
-                )
-                .returning(Turn.id)
+            _, turn_id = await _open_turn(
+                session, tenant, channel_id, thread_ts, persona, user_id, "running"
             )
             return turn_id, history
 
@@ -185,7 +174,6 @@ class ConversationRepository:
                 .values(updated_at=utcnow())
             )
 
-
     async def add_note(
         self,
         tenant: Tenant,
@@ -202,20 +190,8 @@ class ConversationRepository:
         approval decided later in Slack. ``tokens`` is the message's estimate for the budget.
         """
         async with self._sessions.begin() as session:
-            conversation_id = await _upsert_conversation(
-                session, tenant, channel_id, thread_ts, persona
-            )
-            turn_id = await session.scalar(
-                insert(Turn)
-                .values(
-                    tenant_id=tenant.id,
-                    conversation_id=conversation_id,
-                    persona=persona,
-                    user_id=user_id,
-                    status=NOTE,
-                    duration_ms=0,
-                )
-                .returning(Turn.id)
+            conversation_id, turn_id = await _open_turn(
+                session, tenant, channel_id, thread_ts, persona, user_id, NOTE
             )
             await session.execute(
                 insert(Message).values(
@@ -251,6 +227,31 @@ async def _recent(
     )
     rows = (await session.execute(query)).all()
     return [StoredMessage(*row) for row in reversed(rows)]
+
+
+async def _open_turn(
+    session: AsyncSession,
+    tenant: Tenant,
+    channel_id: str,
+    thread_ts: str,
+    persona: str,
+    user_id: str,
+    status: str,
+) -> tuple[int, int]:
+    """Create the conversation if new and a turn in it; returns (conversation id, turn id)."""
+    conversation_id = await _upsert_conversation(session, tenant, channel_id, thread_ts, persona)
+    turn_id = await session.scalar(
+        insert(Turn)
+        .values(
+            tenant_id=tenant.id,
+            conversation_id=conversation_id,
+            persona=persona,
+            user_id=user_id,
+            status=status,
+        )
+        .returning(Turn.id)
+    )
+    return conversation_id, turn_id
 
 
 async def _upsert_conversation(
