@@ -19,6 +19,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/turn_overhead.py
+	$(BIN)/python bench/cross_session.py
+	$(BIN)/python bench/briefings.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
