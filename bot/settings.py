@@ -268,6 +268,13 @@ class Settings(BaseSettings):
             problems.append("CALDAV_URL needs CALDAV_CALENDAR (the calendar's name)")
         if not self.caldav_url and any(caldav):
             problems.append("CALDAV_USERNAME, CALDAV_PASSWORD and CALDAV_CALENDAR need CALDAV_URL")
+        if self.oauth_enabled and (self.jira_url or self.caldav_url):
+            # Defaults would hand one Jira or calendar to every workspace that installs.
+            problems.append(
+                "JIRA_URL and CALDAV_URL connect the single workspace of SLACK_BOT_TOKEN; with "
+                "OAuth install (SLACK_CLIENT_ID) each workspace connects its own with "
+                "/nox-connect, so leave them unset"
+            )
         return problems
 
     def slack_problems(self) -> list[str]:

@@ -48,20 +48,17 @@ async def run(invocation: Invocation) -> Reply:
     briefing = await _briefing(invocation, argument)
     if isinstance(briefing, Reply):
         return briefing
-    request = invocation.request
-    if request.user_id != briefing.created_by and not await request.is_admin():
-        return _reply(
-            f"Only <@{briefing.created_by}>, who created briefing {briefing.id}, and workspace "
-            f"admins can {verb} it."
-        )
-    repo = invocation.services.repos.briefings
+    refused = await _refused(invocation, briefing, verb)
+    if refused:
+        return refused
+    tenant, repo = invocation.request.tenant, invocation.services.repos.briefings
     if verb == "now":
         return await _now(invocation, briefing)
     if verb == "remove":
-        await repo.delete(request.tenant, briefing.id)
+        await repo.delete(tenant, briefing.id)
         done = f"Briefing {briefing.id} is removed."
     else:
-        await repo.set_enabled(request.tenant, briefing.id, verb == "resume")
+        await repo.set_enabled(tenant, briefing.id, verb == "resume")
         done = f"Briefing {briefing.id} is {'paused' if verb == 'pause' else 'running again'}."
     if invocation.services.scheduler is not None:
         invocation.services.scheduler.sync_soon()
@@ -105,9 +102,24 @@ async def _preview(invocation: Invocation, argument: str) -> Reply:
             if b.channel_id == request.channel_id
         ]
         briefing = here[0] if here else _sample(invocation)
+    # A preview runs the briefing's prompt as its creator and shows its channel's data.
+    refused = briefing.id and await _refused(invocation, briefing, "preview")
+    if refused:
+        return refused
     saved = f"briefing {briefing.id}" if briefing.id else "a sample briefing, not saved"
     return await invocation.services.briefings.compose(
         briefing, datetime.now(UTC), footer=f"Preview of {saved} · only you see this"
+    )
+
+
+async def _refused(invocation: Invocation, briefing: Briefing, verb: str) -> Reply | None:
+    """The refusal when the requester is neither the briefing's creator nor an admin."""
+    request = invocation.request
+    if request.user_id == briefing.created_by or await request.is_admin():
+        return None
+    return _reply(
+        f"Only <@{briefing.created_by}>, who created briefing {briefing.id}, and workspace "
+        f"admins can {verb} it."
     )
 
 
