@@ -111,8 +111,9 @@ async def test_a_briefing_from_the_form_is_listed_posted_paused_and_removed(
     [briefing] = await slack.wait_for("chat.postMessage", lambda p: p["channel"] == "C0OPS")
     assert "NOX briefing" in briefing.params["text"]
 
-    refused = await command(http, jamono, slack, "/nox-brief", "pause 1", user=BOB)
-    assert "Only <@U0ALICE>, who created briefing 1" in refused["text"]
+    for verb in ("pause 1", "preview 1", "preview"):  # plain preview: this channel's briefing
+        refused = await command(http, jamono, slack, "/nox-brief", verb, user=BOB)
+        assert "Only <@U0ALICE>, who created briefing 1" in refused["text"]
     paused = await command(http, jamono, slack, "/nox-brief", "pause 1")
     assert "Briefing 1 is paused" in paused["text"]
     assert "_paused_" in (await command(http, jamono, slack, "/nox-brief", "list"))["text"]
