@@ -17,7 +17,7 @@ caller that wins the guarded ``approved → executing`` transition runs the hand
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -153,6 +153,13 @@ class ActionGate:
         risk = await tool.risk_of(context, arguments)
         persona = context.persona
         verdict = policy.check(persona.name, tool.name, risk, context.channel_id)
+        elsewhere = tool.acts_in(arguments) if tool.acts_in else None
+        if verdict.allowed and elsewhere and elsewhere != context.channel_id:
+            # A rule of the conversation's channel must not let a call act in another one.
+            there = policy.check(persona.name, tool.name, risk, elsewhere)
+            verdict = there if not there.allowed else replace(
+                verdict, needs_approval=verdict.needs_approval or there.needs_approval
+            )
         if not verdict.allowed:
             return REFUSED, refusal_text(persona, tool.name, context.channel_id, verdict)
         if not verdict.needs_approval:

@@ -147,17 +147,37 @@ async def test_a_write_tool_becomes_an_approval_request_in_the_thread(
     assert kinds == ["approval_requested"]
 
 
-@pytest.mark.parametrize("channel_id", [None, "C0OPS"])
-async def test_auto_approved_write_tools_run_at_once(services, llm, slack, client, channel_id):
-    await services.repos.policy.set_auto_approve(
-        ACME, "slack_post_message", True, "U0ADMIN", channel_id
-    )
+@pytest.mark.parametrize("channels", [[None], ["C0OPS", "C0INC"]])
+async def test_auto_approved_write_tools_run_at_once(services, llm, slack, client, channels):
+    for channel_id in channels:  # workspace-wide, or where it is asked and where it posts
+        await services.repos.policy.set_auto_approve(
+            ACME, "slack_post_message", True, "U0ADMIN", channel_id
+        )
     llm.script = calls(POST)
     outcome = await services.runtime.run(ask(client))
     assert [r.status for r in outcome.tool_runs] == ["ok"]
     (posted,) = posts_to(slack, "C0INC")
     assert posted.params["text"] == "API is down"
     assert await services.repos.approvals.pending_for(ACME) == []
+
+
+async def test_auto_approval_here_does_not_cover_posting_elsewhere(services, llm, slack, client):
+    await services.repos.policy.set_auto_approve(ACME, "slack_post_message", True, "U0ADMIN",
+                                                 "C0OPS")
+    llm.script = calls(POST)  # asked in C0OPS, posts into C0INC
+    outcome = await services.runtime.run(ask(client))
+    assert [r.status for r in outcome.tool_runs] == ["awaiting_approval"]
+    assert posts_to(slack, "C0INC") == []
+
+
+async def test_a_zone_limits_where_a_persona_posts_not_only_where_it_is_asked(
+    services, llm, slack, client
+):
+    await services.repos.policy.set_zone(ACME, "nox", "C0OPS", None, "U0ADMIN")
+    llm.script = calls(POST)  # asked inside its zone, posting outside it
+    outcome = await services.runtime.run(ask(client))
+    assert [r.status for r in outcome.tool_runs] == ["refused"]
+    assert posts_to(slack, "C0INC") == []
 
 
 async def test_a_channel_rule_requiring_approval_beats_workspace_auto_approve(

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 Risk = Literal["read", "write"]
 Handler = Callable[..., Awaitable[Any]]
 Target = Callable[[dict[str, Any]], str]
+ActsIn = Callable[[dict[str, Any]], str | None]
 Assess = Callable[["ToolContext", dict[str, Any]], Awaitable[Risk]]
 
 
@@ -58,6 +59,8 @@ class Tool:
     that change something outside Jamono (approvals apply to those). ``target`` names what a
     call with given arguments changes, for the approval message (e.g. "Slack channel <#C1>").
     ``assess``, when set, decides the risk of one call from its arguments (see :meth:`risk_of`).
+    ``acts_in`` names the Slack channel a call acts in when that is not the conversation's
+    (e.g. where a message is posted): action zones and approvals apply there too.
     """
 
     name: str
@@ -67,6 +70,7 @@ class Tool:
     risk: Risk = "read"
     target: Target | None = None
     assess: Assess | None = field(default=None, compare=False)
+    acts_in: ActsIn | None = field(default=None, compare=False)
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -82,13 +86,16 @@ class Tool:
         risk: Risk = "read",
         target: Target | None = None,
         assess: Assess | None = None,
+        acts_in: ActsIn | None = None,
     ) -> Tool:
         """A tool named after ``handler``, described by the first paragraph of its docstring."""
         doc = inspect.getdoc(handler) or ""
         description = " ".join(doc.split("\n\n", 1)[0].split())
         if not description:
             raise ValueError(f"tool {handler.__name__} needs a docstring: it is the description")
-        return cls(handler.__name__, description, parameters, handler, risk, target, assess)
+        return cls(
+            handler.__name__, description, parameters, handler, risk, target, assess, acts_in
+        )
 
     def target_of(self, arguments: dict[str, Any]) -> str:
         """What a call with ``arguments`` acts on, readable; the tool's name when unknown."""

@@ -76,4 +76,5 @@ TOOL = Tool.from_function(
     },
     risk="write",
     target=target,
+    acts_in=lambda arguments: channel_id_of(str(arguments.get("channel", ""))),
 )
