@@ -16,6 +16,7 @@ caller that wins the guarded ``approved → executing`` transition runs the hand
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -211,12 +212,26 @@ class ActionGate:
         started = time.perf_counter()
         try:
             status, content = await self._run(tenant, approval, slack)
+        except asyncio.CancelledError:
+            # Shutdown cut the action short: say so rather than leave it "executing" forever.
+            interrupted = (
+                "error: interrupted by a restart while running; it may or may not have taken "
+                "effect, so check before asking again"
+            )
+            await asyncio.shield(self._record(tenant, approval, "error", interrupted, started))
+            raise
         except Exception as exc:  # storage failed while preparing: record it, do not retry
             log.exception("approved_action_failed", request_id=request_id)
             status, content = "error", f"error: internal error ({type(exc).__name__})"
+        return await self._record(tenant, approval, status, content, started)
+
+    async def _record(
+        self, tenant: Tenant, approval: Approval, status: str, content: str, started: float
+    ) -> Execution:
+        """Store an execution's outcome with the request, in the audit and in the thread."""
         ok = status == "ok"
         summary = content[:SUMMARY_LIMIT]
-        await self.repos.approvals.finish_execution(tenant, request_id, summary, ok)
+        await self.repos.approvals.finish_execution(tenant, approval.id, summary, ok)
         await self.repos.audit.record_tool_call(
             tenant,
             turn_id=None,
@@ -229,7 +244,7 @@ class ActionGate:
             duration_ms=round((time.perf_counter() - started) * 1000),
         )
         await self.note(tenant, approval, "executed" if ok else "failed", summary)
-        log.info("approved_action_ran", tenant=tenant.id, request_id=request_id, ok=ok)
+        log.info("approved_action_ran", tenant=tenant.id, request_id=approval.id, ok=ok)
         return Execution(approval, ok, summary)
 
     async def note(

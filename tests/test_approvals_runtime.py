@@ -250,6 +250,24 @@ async def test_a_failing_approved_action_is_recorded_as_failed(services, llm, sl
     assert (await services.repos.approvals.get(ACME, request.id)).state == State.FAILED
 
 
+async def test_an_action_cut_short_by_shutdown_is_recorded_as_interrupted(
+    services, llm, slack, client
+):
+    llm.script = calls(POST)
+    await services.runtime.run(ask(client))
+    (request,) = await services.repos.approvals.pending_for(ACME)
+    await services.repos.approvals.decide(ACME, request.id, "U0ALICE", approve=True)
+    slack.delay("chat.postMessage", 2)  # the post is still in flight when the task is cut
+    running = asyncio.create_task(services.runtime.gate.execute(ACME, request.id, client))
+    await slack.wait_for("chat.postMessage", lambda p: p.get("channel") == "C0INC")
+    running.cancel()  # what draining at shutdown does to a task past its grace
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    done = await services.repos.approvals.get(ACME, request.id)
+    assert done.state == State.FAILED and "interrupted by a restart" in done.result_summary
+    assert [r.status for r in await audit(services)] == ["awaiting_approval", "error"]
+
+
 async def test_an_approved_request_left_unstarted_runs_on_the_next_approve_only(
     services, llm, slack, client
 ):
