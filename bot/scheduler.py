@@ -4,8 +4,9 @@ Jobs live in APScheduler's ``SQLAlchemyJobStore`` in Jamono's own database (tabl
 ``apscheduler_jobs``, created by migration 0003), so schedules and their next run times
 survive restarts. APScheduler 3 needs a synchronous engine for it: ``sqlite`` (the standard
 library driver) for SQLite files and ``postgresql+psycopg`` (psycopg 3, maintained, binary
-wheels) for PostgreSQL, where the rest of Jamono uses asyncpg. Its calls (a few per fired job,
-milliseconds each) run on the event loop's thread, as APScheduler 3 makes them.
+wheels) for PostgreSQL, where the rest of Jamono uses asyncpg. Those synchronous calls run in
+worker threads (:class:`OffLoopScheduler`, :meth:`Scheduler.sync`), never on the event loop:
+there a job-store write could wait for a write transaction that only the loop can finish.
 
 Exactly one process runs the scheduler, the holder of a lease (:class:`Lease`):
 
@@ -35,7 +36,8 @@ import structlog
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.asyncio import AsyncIOScheduler, run_in_event_loop
+from apscheduler.schedulers.base import STATE_STOPPED
 from redis.asyncio import Redis
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy import event, text
@@ -85,10 +87,15 @@ class BriefingExecutor(BaseExecutor):
     def __init__(self, briefings: Briefings) -> None:
         super().__init__()
         self._briefings = briefings
+        self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task] = set()
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
-        task = asyncio.get_running_loop().create_task(
+        # Called from the scheduler's worker thread (OffLoopScheduler): start on the loop.
+        self._loop.call_soon_threadsafe(self._launch, job, run_times)
+
+    def _launch(self, job: Job, run_times: list[datetime]) -> None:
+        task = self._loop.create_task(
             job.func(*job.args, briefings=self._briefings, scheduled_for=run_times[-1]),
             name=f"briefing-job:{job.id}",
         )
@@ -114,6 +121,36 @@ class BriefingExecutor(BaseExecutor):
         """Wait up to ``grace`` seconds for runs in progress."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
+
+
+class OffLoopScheduler(AsyncIOScheduler):
+    """``AsyncIOScheduler`` whose passes over the job store run in a worker thread.
+
+    APScheduler 3 looks for due jobs, and updates them, synchronously on the event loop. With
+    the job store in Jamono's SQLite file, such a write waits (up to the 30 s busy timeout)
+    for a write transaction of ours that only the blocked loop can finish, then fails, and
+    APScheduler, which does not catch that error, never wakes again. Here each pass runs in a
+    thread; a failed pass is logged and retried after :attr:`RETRY` seconds.
+    """
+
+    RETRY = 10.0  # seconds
+
+    @run_in_event_loop
+    def wakeup(self) -> None:
+        self._stop_timer()
+        self._eventloop.run_in_executor(None, self._process_jobs).add_done_callback(
+            self._processed
+        )
+
+    def _processed(self, future: asyncio.Future) -> None:
+        if self.state == STATE_STOPPED or self._eventloop is None:
+            return
+        try:
+            wait_seconds = future.result()
+        except Exception as exc:  # the database was away: try again rather than stop firing
+            log.warning("scheduler_pass_failed", error=repr(exc))
+            wait_seconds = self.RETRY
+        self._start_timer(wait_seconds)
 
 
 class Lease(Protocol):
@@ -337,7 +374,7 @@ class Scheduler:
         if self._engine is None:
             self._engine = job_store_engine(self._database_url)
         self._executor = BriefingExecutor(self._briefings)
-        scheduler = AsyncIOScheduler(
+        scheduler = OffLoopScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=self._engine)},
             executors={"default": self._executor},
             job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1},
@@ -370,27 +407,33 @@ class Scheduler:
         wanted = {
             JOB_PREFIX + str(b.id): b for b in await self._briefings.repos.briefings.all_enabled()
         }
-        jobs = {job.id: job for job in scheduler.get_jobs()}
-        for job_id in jobs.keys() - wanted.keys():
-            scheduler.remove_job(job_id)
-        for job_id, briefing in wanted.items():
-            try:
-                trigger = parse_schedule(briefing.schedule).trigger(briefing.timezone)
-            except ScheduleError as exc:  # stored before a rule changed: say so, keep others
-                log.error("briefing_schedule_invalid", subscription_id=briefing.id, error=str(exc))
-                continue
-            job = jobs.get(job_id)
-            if job is not None and repr(job.trigger) == repr(trigger):
-                continue
-            scheduler.add_job(
-                run_briefing,
-                trigger,
-                args=[briefing.id],
-                id=job_id,
-                name=f"briefing {briefing.id}",
-                replace_existing=True,
-                next_run_time=_first_run(trigger, briefing),
-            )
+        # The job store's SQL is synchronous: off the event loop (see OffLoopScheduler).
+        await asyncio.to_thread(_mirror, scheduler, wanted)
+
+
+def _mirror(scheduler: OffLoopScheduler, wanted: dict[str, Briefing]) -> None:
+    """Make the job store hold ``wanted`` (job id → briefing), in a worker thread."""
+    jobs = {job.id: job for job in scheduler.get_jobs()}
+    for job_id in jobs.keys() - wanted.keys():
+        scheduler.remove_job(job_id)
+    for job_id, briefing in wanted.items():
+        try:
+            trigger = parse_schedule(briefing.schedule).trigger(briefing.timezone)
+        except ScheduleError as exc:  # stored before a rule changed: say so, keep others
+            log.error("briefing_schedule_invalid", subscription_id=briefing.id, error=str(exc))
+            continue
+        job = jobs.get(job_id)
+        if job is not None and repr(job.trigger) == repr(trigger):
+            continue
+        scheduler.add_job(
+            run_briefing,
+            trigger,
+            args=[briefing.id],
+            id=job_id,
+            name=f"briefing {briefing.id}",
+            replace_existing=True,
+            next_run_time=_first_run(trigger, briefing),
+        )
 
 
 def _first_run(trigger, briefing: Briefing) -> datetime | None:
