@@ -120,11 +120,15 @@ class Server:
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+        # One grace for briefings being delivered and turns in flight, waited for together.
+        grace = self.settings.shutdown_grace
+        drains = [self.services.inflight.drain(grace)]
         if self.services.scheduler is not None:
-            await self.services.scheduler.stop(self.settings.shutdown_grace)
-        cancelled = await self.services.inflight.drain(self.settings.shutdown_grace)
+            drains.append(self.services.scheduler.stop(grace))
+        cancelled, *_ = await asyncio.gather(*drains)
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("stopped", cancelled_turns=cancelled)
