@@ -15,10 +15,12 @@ Stored settings (encrypted by the credentials repository), by integration:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -143,6 +145,23 @@ def _text(fields: Mapping[str, str | None], name: str) -> str:
     return (fields.get(name) or "").strip()
 
 
+async def _refuse_internal_hosts(url: str) -> None:
+    """Raise :class:`ConnectionFailed` when ``url``'s host resolves to a loopback, private,
+    link-local or otherwise non-public address (or does not resolve)."""
+    host = urlsplit(url).hostname or ""
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, None)
+    except OSError:
+        raise ConnectionFailed({"url": f"`{host}` does not resolve; check the URL"}) from None
+    for *_, address in found:
+        ip = ipaddress.ip_address(address[0])
+        if not ip.is_global:
+            raise ConnectionFailed({"url": (
+                f"`{host}` is an internal address ({ip}); this deployment serves many "
+                "workspaces and connects only to servers on the public internet"
+            )})
+
+
 def explain(exc: IntegrationError) -> str:
     """What to tell a person about a failed integration call (never a traceback)."""
     if isinstance(exc, JiraUnavailable | CalendarUnavailable):
@@ -184,12 +203,16 @@ class Connections:
     """
 
     def __init__(self, credentials: CredentialRepository, resilience: Resilience, *,
-                 defaults: Defaults, timeout: float, can_store: bool) -> None:
+                 defaults: Defaults, timeout: float, can_store: bool,
+                 public_hosts_only: bool = False) -> None:
         self._credentials = credentials
         self.resilience = resilience
         self.defaults = defaults
         self.timeout = timeout
         self.can_store = can_store
+        # With many workspaces, their admins are outside parties: a URL they give must not
+        # make this server reach its own network (loopback, private ranges, cloud metadata).
+        self.public_hosts_only = public_hosts_only
         self._jira: dict[str, JiraClient] = {}
         self._calendars: dict[str, WorkspaceCalendar] = {}
 
@@ -288,6 +311,8 @@ class Connections:
             raise ConnectionFailed({"url": SECRET_KEY_HINT})
         credentials = (jira_credentials(fields) if integration == "jira"
                        else caldav_credentials(fields))
+        if self.public_hosts_only:
+            await _refuse_internal_hosts(credentials.url)
         try:
             found = await self._test(integration, credentials, test_timeout)
         except IntegrationError as exc:

@@ -114,6 +114,7 @@ class Services:
             defaults=integration_defaults(settings),
             timeout=settings.integration_timeout,
             can_store=settings.secret_key is not None,
+            public_hosts_only=settings.oauth_enabled,
         )
         for integration in INTEGRATIONS:
             status.register_workspace_check(integration, _health(connections, integration))

@@ -139,6 +139,25 @@ async def test_connect_tests_before_saving_and_stores_nothing_in_clear(sqlite_ur
         await services.close()
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "169.254.169.254", "10.1.2.3"])
+async def test_with_many_workspaces_internal_hosts_are_refused(sqlite_url, jira, host):
+    """With OAuth install, a workspace admin's URL must not reach the server's own network."""
+    from agents.connections import ConnectionFailed
+
+    services = await start(sqlite_url, JAMONO_SECRET_KEY=KEY, SLACK_CLIENT_ID="1.2",
+                           SLACK_CLIENT_SECRET="s", SLACK_SIGNING_SECRET="x")
+    url = jira.url.replace("127.0.0.1", host)
+    try:
+        with pytest.raises(ConnectionFailed) as refused:
+            await services.connections.connect(TENANT, "jira", {
+                "url": url, "email": jira.email, "api_token": jira.api_token}, ALICE)
+    finally:
+        await services.close()
+    assert "connects only to servers on the public internet" in refused.value.errors["url"]
+    assert jira.requests == []  # never contacted
+    assert raw_rows(sqlite_url) == []
+
+
 async def test_connect_jira_data_center(sqlite_url):
     services = await start(sqlite_url, JAMONO_SECRET_KEY=KEY)
     try:
