@@ -111,12 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     jira.add_argument("--url", required=True, help="site URL, e.g. https://acme.atlassian.net")
     jira.add_argument("--email", help="Jira Cloud: the Atlassian account's email")
-    jira.add_argument("--api-token", help="Jira Cloud: an API token")
-    jira.add_argument("--pat", help="Jira Data Center: a personal access token")
+    jira.add_argument("--api-token", help="Jira Cloud: an API token (asked for when left out)")
+    jira.add_argument("--pat", help="Jira Data Center: a personal access token (asked for when "
+                      "neither --email nor --pat is given)")
     calendar = connect_sub.add_parser("calendar", help="a CalDAV calendar")
     calendar.add_argument("--url", required=True, help="CalDAV server URL")
     calendar.add_argument("--username", required=True)
-    calendar.add_argument("--password", default="")
+    calendar.add_argument("--password", help="asked for when left out")
     calendar.add_argument("--calendar", required=True, help="the calendar's name")
     show = connect_sub.add_parser("show", help="what is connected (secrets masked)")
     for integration, parser_ in (("jira", jira), ("calendar", calendar), ("show", show)):
@@ -315,6 +316,12 @@ def _connect(settings: Settings, args: argparse.Namespace) -> int:
         name: getattr(args, name, None)
         for name in ("url", "email", "api_token", "pat", "username", "password", "calendar")
     }
+    missing = _secret_to_ask(args.integration, fields)
+    if missing and sys.stdin.isatty():
+        # Typed at a prompt, a secret stays out of the shell history and the process list.
+        import getpass
+
+        fields[missing] = getpass.getpass(f"{missing.replace('_', ' ')}: ")
 
     async def main() -> int:
         async with _services(settings) as services:
@@ -336,6 +343,15 @@ def _connect(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
     return _execute(main())
+
+
+def _secret_to_ask(integration: str, fields: dict[str, str | None]) -> str | None:
+    """The secret field ``jamono connect`` still needs, if any."""
+    if integration == "jira" and not (fields["api_token"] or fields["pat"]):
+        return "api_token" if fields["email"] else "pat"
+    if integration == "calendar" and fields["password"] is None:
+        return "password"
+    return None
 
 
 def _brief(settings: Settings, args: argparse.Namespace) -> int:

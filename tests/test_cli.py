@@ -6,6 +6,8 @@ import asyncio
 import os
 import sys
 
+import pytest
+
 from tests.process import PASS_THROUGH, free_port
 
 
@@ -74,3 +76,21 @@ async def test_config_and_db_commands(tmp_path):
     assert "*ATLAS* — enabled" in out
     code, out, _ = await jamono("config", "--team", "T0OTHER", env={}, cwd=tmp_path)
     assert "*ATLAS* — disabled" in out  # another workspace is untouched
+
+
+@pytest.mark.parametrize(
+    "integration, given, asked",
+    [
+        ("jira", {"email": "me@acme.test"}, "api_token"),
+        ("jira", {}, "pat"),
+        ("jira", {"email": "me@acme.test", "api_token": "t"}, None),
+        ("jira", {"pat": "p"}, None),
+        ("calendar", {}, "password"),
+        ("calendar", {"password": ""}, None),  # an empty password given on purpose
+    ],
+)
+def test_connect_asks_for_the_secret_it_still_needs(integration, given, asked):
+    from bot.cli import _secret_to_ask
+
+    fields = dict.fromkeys(("url", "email", "api_token", "pat", "username", "password")) | given
+    assert _secret_to_ask(integration, fields) == asked
