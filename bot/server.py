@@ -25,10 +25,12 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
+from bot.briefings.clients import NotInstalled
 from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
 from storage.db import ping
+from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
@@ -157,20 +159,20 @@ class Server:
                 log.warning("approval_expiry_failed", error=repr(exc))
 
     async def _client_for(self, tenant_id: str) -> AsyncWebClient | None:
-        """The Web API client of a workspace (or org install), ``None`` when not installed."""
-        if not self.settings.oauth_enabled:
-            return self.bolt.client
+        """The Web API client of a workspace (or org install), ``None`` when not installed.
+
+        The same clients as scheduled briefings use: they refresh rotated tokens themselves.
+        """
         org = tenant_id.startswith("E")  # enterprise_ids start with E, team_ids with T
-        bot = await self.bolt.installation_store.async_find_bot(
-            enterprise_id=tenant_id if org else None,
+        tenant = Tenant(
             team_id=None if org else tenant_id,
+            enterprise_id=tenant_id if org else None,
             is_enterprise_install=org,
         )
-        if bot is None:
+        try:
+            return await self.services.briefings.clients.for_tenant(tenant)
+        except NotInstalled:
             return None
-        return web_client(
-            self.settings.slack_api_url, bot.bot_token, self.services.slack_http
-        )
 
     # Handlers --------------------------------------------------------------------------
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import structlog
 from slack_sdk.errors import SlackApiError
-from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 
 from bot.commands.base import Invocation
 from bot.render import Reply, section
-from bot.slack_client import slack_error, web_client
+from bot.slack_client import slack_error
 from integrations.cross_session import Owner
-from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
@@ -43,32 +41,14 @@ async def run(invocation: Invocation) -> Reply:
         "applications you connect, only when you ask them. Do not share it.\n"
         f"```{token}```"
     )
-    bot_token = await _bot_token(invocation)
-    if bot_token is None:  # the console: the operator's own terminal
+    if request.slack is None:  # the console or the CLI: the operator's own terminal
         return Reply(message)
     try:
-        await web_client(services.settings.slack_api_url, bot_token).chat_postMessage(
+        # The command's own client: the workspace's token, whatever the install mode.
+        await request.slack.chat_postMessage(
             channel=request.user_id, text=message, blocks=[section(message)]
         )
     except SlackApiError as exc:
         log.warning("link_dm_failed", error=slack_error(exc))
         return Reply("I could not send you a direct message; please try again in a minute.")
     return Reply(f"I sent you a direct message with a link token (valid {minutes} minutes).")
-
-
-async def _bot_token(invocation: Invocation) -> str | None:
-    settings = invocation.services.settings
-    if settings.slack_bot_token is not None:
-        return settings.slack_bot_token.get_secret_value()
-    if not settings.oauth_enabled:
-        return None
-    tenant: Tenant = invocation.request.tenant
-    store = AsyncSQLAlchemyInstallationStore(
-        client_id=settings.slack_client_id, engine=invocation.services.engine
-    )
-    bot = await store.async_find_bot(
-        enterprise_id=tenant.enterprise_id,
-        team_id=tenant.team_id,
-        is_enterprise_install=tenant.is_enterprise_install,
-    )
-    return bot.bot_token if bot else None
