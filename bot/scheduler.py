@@ -323,10 +323,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    @property
-    def is_leader(self) -> bool:
-        return self._scheduler is not None
-
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="scheduler")
 
