@@ -88,7 +88,8 @@ def test_issuer_is_checked_when_configured():
     assert verifier.verify(raw_token(iss="https://jamono.example")).owner == Owner(ACME, ALICE)
 
 
-def test_es256_with_public_key_and_no_key_confusion():
+def es256_key_pair() -> tuple[str, str]:
+    """A new P-256 key pair as (private PKCS#8 PEM, public SubjectPublicKeyInfo PEM)."""
     private = ec.generate_private_key(ec.SECP256R1())
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -97,6 +98,11 @@ def test_es256_with_public_key_and_no_key_confusion():
     public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
+    return private_pem, public_pem
+
+
+def test_es256_with_public_key_and_no_key_confusion():
+    private_pem, public_pem = es256_key_pair()
     verifier = TokenVerifier(public_pem, "ES256")
     assert verifier.verify(raw_token(key=private_pem, algorithm="ES256")).owner.team_id == ACME
     # The classic confusion attack: HS256 "signed" with the public key as the secret
@@ -582,14 +588,7 @@ def test_es256_settings_sign_and_verify_tokens():
     from bot.services import gateway_tokens
     from bot.settings import load_settings
 
-    private = ec.generate_private_key(ec.SECP256R1())
-    private_pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    private_pem, public_pem = es256_key_pair()
     settings = load_settings(JAMONO_GATEWAY_ALGORITHM="ES256",
                              JAMONO_GATEWAY_PUBLIC_KEY=public_pem,
                              JAMONO_GATEWAY_ISSUER="https://jamono.example")
