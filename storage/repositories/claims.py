@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import EventClaim
+from storage.models import EventClaim, utcnow
+from storage.repositories._upsert import insert_for
+
+
+@cache
+def _claim_statement(dialect: str):
+    # Built once per dialect: this runs for every Slack delivery.
+    return (
+        insert_for(dialect, EventClaim)
+        .values(key=bindparam("key"), claimed_at=bindparam("claimed_at"))
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
 
 
 class ClaimRepository:
@@ -18,15 +29,15 @@ class ClaimRepository:
     async def claim(self, key: str) -> bool:
         """Insert ``key``; ``True`` for the first caller, ``False`` when it was claimed before.
 
-        The primary key makes this atomic across processes sharing the database. Keys are
-        already tenant-qualified by the caller (they embed ``team_id`` or an ``event_id``).
+        The primary key makes this atomic across processes sharing the database; a conflict
+        inserts nothing, so the row count says who won. Keys are already tenant-qualified by
+        the caller (they embed ``team_id`` or an ``event_id``).
         """
-        try:
-            async with self._sessions.begin() as session:
-                session.add(EventClaim(key=key))
-        except IntegrityError:
-            return False
-        return True
+        async with self._sessions.begin() as session:
+            connection = await session.connection()  # Core: its result has the row count
+            statement = _claim_statement(connection.dialect.name)
+            result = await connection.execute(statement, {"key": key, "claimed_at": utcnow()})
+            return result.rowcount == 1
 
     async def forget_before(self, moment: datetime) -> int:
         """Delete claims older than ``moment``; returns how many. Slack retries within minutes."""

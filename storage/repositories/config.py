@@ -5,13 +5,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import ChannelBinding, PersonaOverride, WorkspaceSettings
 from storage.tenancy import Tenant
 
 OVERRIDE_FIELDS = ("enabled", "model", "temperature", "extra_instructions")
+
+# Read for every turn, so built once (see storage/repositories/conversations.py).
+_OVERRIDES = select(
+    PersonaOverride.persona, *(getattr(PersonaOverride, name) for name in OVERRIDE_FIELDS)
+).where(PersonaOverride.tenant_id == bindparam("tenant_id"))
+_BINDINGS = select(ChannelBinding.channel_id, ChannelBinding.persona).where(
+    ChannelBinding.tenant_id == bindparam("tenant_id")
+)
+_TIMEZONE = select(WorkspaceSettings.timezone).where(
+    WorkspaceSettings.tenant_id == bindparam("tenant_id")
+)
 
 
 @dataclass(frozen=True)
@@ -39,29 +50,13 @@ class ConfigRepository:
         self._sessions = sessions
 
     async def load(self, tenant: Tenant) -> WorkspaceConfig:
+        parameters = {"tenant_id": tenant.id}
         async with self._sessions() as session:
-            overrides = (
-                await session.scalars(
-                    select(PersonaOverride).where(PersonaOverride.tenant_id == tenant.id)
-                )
-            ).all()
-            bindings = (
-                await session.execute(
-                    select(ChannelBinding.channel_id, ChannelBinding.persona).where(
-                        ChannelBinding.tenant_id == tenant.id
-                    )
-                )
-            ).all()
-            timezone = await session.scalar(
-                select(WorkspaceSettings.timezone).where(WorkspaceSettings.tenant_id == tenant.id)
-            )
+            overrides = (await session.execute(_OVERRIDES, parameters)).all()
+            bindings = (await session.execute(_BINDINGS, parameters)).all()
+            timezone = await session.scalar(_TIMEZONE, parameters)
         return WorkspaceConfig(
-            overrides={
-                o.persona: Override(
-                    o.persona, o.enabled, o.model, o.temperature, o.extra_instructions
-                )
-                for o in overrides
-            },
+            overrides={row.persona: Override(*row) for row in overrides},
             bindings=dict(bindings),
             timezone=timezone or "UTC",
         )

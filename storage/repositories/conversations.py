@@ -5,18 +5,62 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import Conversation, LLMUsage, Message, Turn, utcnow
 from storage.repositories._time import aware
+from storage.repositories._upsert import insert_for
 from storage.tenancy import Tenant
 
 NOTE = "note"  # the status of a turn that only carries a system note (see add_note)
+
+# Every turn runs the statements below. They are built once with bound parameters:
+# constructing a statement and computing its cache key each time cost about five times the
+# CPU of executing the prebuilt one (about 200 µs against 40 µs for a small SELECT here).
+_RECENT = (
+    select(
+        Message.turn_id,
+        Message.role,
+        Message.content,
+        Message.tool_calls,
+        Message.tool_call_id,
+        Message.tokens,
+    )
+    .join(Conversation, Message.conversation_id == Conversation.id)
+    .where(
+        Conversation.tenant_id == bindparam("tenant_id"),
+        Conversation.channel_id == bindparam("channel_id"),
+        Conversation.thread_ts == bindparam("thread_ts"),
+    )
+    .order_by(Message.id.desc())
+    .limit(bindparam("limit"))
+)
+_INSERT_TURN = insert(Turn).returning(Turn.id)
+_FINISH_TURN = (
+    update(Turn)
+    .where(Turn.id == bindparam("turn"), Turn.tenant_id == bindparam("tenant"))
+    .values(
+        status=bindparam("new_status"),
+        error=bindparam("new_error"),
+        duration_ms=bindparam("new_duration_ms"),
+    )
+    .returning(Turn.conversation_id, Turn.persona)
+)
+_INSERT_MESSAGES = insert(Message)
+_INSERT_USAGE = insert(LLMUsage)
+
+
+@cache
+def _upsert_conversation_statement(dialect: str):
+    statement = insert_for(dialect, Conversation)
+    return statement.on_conflict_do_update(
+        index_elements=["tenant_id", "channel_id", "thread_ts"],
+        set_={"updated_at": statement.excluded.updated_at},
+    ).returning(Conversation.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +167,17 @@ class ConversationRepository:
         Raises:
             LookupError: the turn does not belong to ``tenant``.
         """
-        # Core statements, not ORM objects: this runs once per turn on the hot path.
         async with self._sessions.begin() as session:
             turn = (
                 await session.execute(
-                    update(Turn)
-                    .where(Turn.id == turn_id, Turn.tenant_id == tenant.id)
-                    .values(status=status, error=error, duration_ms=duration_ms)
-                    .returning(Turn.conversation_id, Turn.persona)
+                    _FINISH_TURN,
+                    {
+                        "turn": turn_id,
+                        "tenant": tenant.id,
+                        "new_status": status,
+                        "new_error": error,
+                        "new_duration_ms": duration_ms,
+                    },
                 )
             ).first()
             if turn is None:
@@ -138,7 +185,7 @@ class ConversationRepository:
             conversation_id, persona = turn
             if messages:
                 await session.execute(
-                    insert(Message),
+                    _INSERT_MESSAGES,
                     [
                         {
                             "conversation_id": conversation_id,
@@ -154,7 +201,7 @@ class ConversationRepository:
                 )
             if usage:
                 await session.execute(
-                    insert(LLMUsage),
+                    _INSERT_USAGE,
                     [
                         {
                             "tenant_id": tenant.id,
@@ -168,11 +215,6 @@ class ConversationRepository:
                         for call in usage
                     ],
                 )
-            await session.execute(
-                update(Conversation)
-                .where(Conversation.id == conversation_id)
-                .values(updated_at=utcnow())
-            )
 
     async def add_note(
         self,
@@ -207,25 +249,13 @@ class ConversationRepository:
 async def _recent(
     session: AsyncSession, tenant: Tenant, channel_id: str, thread_ts: str, limit: int
 ) -> list[StoredMessage]:
-    query = (
-        select(
-            Message.turn_id,
-            Message.role,
-            Message.content,
-            Message.tool_calls,
-            Message.tool_call_id,
-            Message.tokens,
-        )
-        .join(Conversation, Message.conversation_id == Conversation.id)
-        .where(
-            Conversation.tenant_id == tenant.id,
-            Conversation.channel_id == channel_id,
-            Conversation.thread_ts == thread_ts,
-        )
-        .order_by(Message.id.desc())
-        .limit(limit)
-    )
-    rows = (await session.execute(query)).all()
+    parameters = {
+        "tenant_id": tenant.id,
+        "channel_id": channel_id,
+        "thread_ts": thread_ts,
+        "limit": limit,
+    }
+    rows = (await session.execute(_RECENT, parameters)).all()
     return [StoredMessage(*row) for row in reversed(rows)]
 
 
@@ -241,15 +271,14 @@ async def _open_turn(
     """Create the conversation if new and a turn in it; returns (conversation id, turn id)."""
     conversation_id = await _upsert_conversation(session, tenant, channel_id, thread_ts, persona)
     turn_id = await session.scalar(
-        insert(Turn)
-        .values(
-            tenant_id=tenant.id,
-            conversation_id=conversation_id,
-            persona=persona,
-            user_id=user_id,
-            status=status,
-        )
-        .returning(Turn.id)
+        _INSERT_TURN,
+        {
+            "tenant_id": tenant.id,
+            "conversation_id": conversation_id,
+            "persona": persona,
+            "user_id": user_id,
+            "status": status,
+        },
     )
     return conversation_id, turn_id
 
@@ -261,19 +290,15 @@ async def _upsert_conversation(
 
     Returns the conversation's id; an existing conversation gets a fresh ``updated_at``.
     """
-    dialect = session.bind.dialect.name
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
     now = utcnow()
-    statement = upsert(Conversation).values(
-        tenant_id=tenant.id,
-        channel_id=channel_id,
-        thread_ts=thread_ts,
-        persona=persona,
-        created_at=now,
-        updated_at=now,
+    return await session.scalar(
+        _upsert_conversation_statement(session.bind.dialect.name),
+        {
+            "tenant_id": tenant.id,
+            "channel_id": channel_id,
+            "thread_ts": thread_ts,
+            "persona": persona,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
-    statement = statement.on_conflict_do_update(
-        index_elements=["tenant_id", "channel_id", "thread_ts"],
-        set_={"updated_at": statement.excluded.updated_at},
-    ).returning(Conversation.id)
-    return await session.scalar(statement)

@@ -13,13 +13,12 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import Credential, utcnow
 from storage.repositories import events
 from storage.repositories._time import aware
+from storage.repositories._upsert import insert_for
 from storage.secrets import SecretBox, SecretsError, UndecryptableSecret
 from storage.tenancy import Tenant
 
@@ -77,9 +76,8 @@ class CredentialRepository:
         values = {"secret": token, "url": url, "account": account, "updated_by": actor}
         async with self._sessions.begin() as session:
             # One upsert statement: two admins saving at once cannot collide on the insert.
-            insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
             await session.execute(
-                insert(Credential)
+                insert_for(session.bind.dialect.name, Credential)
                 .values(tenant_id=tenant.id, kind=kind, updated_at=utcnow(), **values)
                 .on_conflict_do_update(
                     index_elements=["tenant_id", "kind"], set_=values | {"updated_at": utcnow()}
