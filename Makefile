@@ -19,6 +19,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/turn_overhead.py
+	$(BIN)/python bench/turn_storage.py
 	$(BIN)/python bench/cross_session.py
 	$(BIN)/python bench/briefings.py
 

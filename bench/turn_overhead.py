@@ -1,9 +1,15 @@
 """Turn overhead: what Jamono adds between Slack's event and the answer, against a floor.
 
-500 signed ``app_mention`` events, 20 in flight, are POSTed to the real ``jamono run``
-process (HTTP mode, SQLite, the fake OpenAI server answering at once), then to a minimal Bolt
-app that only posts "ok" (``bench/floor_app.py``, the floor). Both talk to the same fake
-Slack. Printed per target, in milliseconds:
+500 signed ``app_mention`` events, 20 in flight, are POSTed to three targets that all talk to
+the same fake Slack and the same fake OpenAI server, which answers at once:
+
+* ``jamono``: the real ``jamono run`` process in HTTP mode, on a new SQLite file (or
+  ``--database-url`` / ``--redis-url``);
+* ``floor``: a minimal Bolt app that only answers (``bench/floor_app.py``): it asks the model
+  with the official client and posts the answer in the thread, storing nothing;
+* ``bare``: the same app posting "ok" without asking the model, for reference.
+
+Printed per target, in milliseconds:
 
 * ack: from sending the POST to its HTTP response (Slack wants it within 3 s);
 * answer: from sending the POST to the fake Slack receiving ``chat.postMessage`` in the thread.
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -94,62 +101,83 @@ async def measure(name: str, start, events: int, in_flight: int) -> dict[str, fl
     }
 
 
+def jamono(workdir: Path, llm: FakeLLM, database_url: str | None, redis_url: str | None):
+    """Starts the real ``jamono run`` process (HTTP mode) against the fakes."""
+
+    async def start(slack: FakeSlack):
+        settings = {
+            "DATABASE_URL": database_url or f"sqlite+aiosqlite:///{workdir}/bench.db",
+            "SLACK_API_URL": slack.api_url,
+            "SLACK_BOT_TOKEN": ACME_TOKEN,
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "OPENAI_BASE_URL": llm.base_url,
+            "OPENAI_API_KEY": "sk-bench",
+            "JAMONO_MODEL": "fake-model",
+            "LOG_LEVEL": "WARNING",
+        }
+        if redis_url:
+            settings["REDIS_URL"] = redis_url
+        if database_url:  # only the embedded SQLite default migrates itself at start
+            migrate = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", "db", "upgrade",
+                env={**os.environ, "DATABASE_URL": database_url}, cwd=workdir,
+                stdout=asyncio.subprocess.DEVNULL,
+            )
+            if await migrate.wait():
+                raise RuntimeError(f"jamono db upgrade failed for {database_url}")
+        process = JamonoProcess(settings, workdir, free_port())
+        await process.start()
+        return process.stop, process.url + "/slack/events"
+
+    return start
+
+
+def floor(*llm_url: str):
+    """Starts ``bench/floor_app.py``; given the LLM's URL it answers through the model."""
+
+    async def start(slack: FakeSlack):
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "bench" / "floor_app.py"), str(port),
+            slack.api_url, ACME_TOKEN, SIGNING_SECRET, *llm_url,
+        )
+        url = f"http://127.0.0.1:{port}/slack/events"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                try:
+                    async with http.post(url, data=b"{}"):
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+
+        async def stop() -> None:
+            process.terminate()
+            await process.wait()
+
+        return stop, url
+
+    return start
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--in-flight", type=int, default=20)
+    parser.add_argument("--database-url", help="Jamono's DATABASE_URL (default: a new SQLite file)")
+    parser.add_argument("--redis-url", help="Jamono's REDIS_URL (default: none)")
     args = parser.parse_args()
 
     async with FakeLLM() as llm:
         llm.script = lambda request: "ok"
         with tempfile.TemporaryDirectory() as workdir:
-
-            async def jamono(slack: FakeSlack):
-                process = JamonoProcess(
-                    {
-                        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/bench.db",
-                        "SLACK_API_URL": slack.api_url,
-                        "SLACK_BOT_TOKEN": ACME_TOKEN,
-                        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                        "OPENAI_BASE_URL": llm.base_url,
-                        "OPENAI_API_KEY": "sk-bench",
-                        "JAMONO_MODEL": "fake-model",
-                        "LOG_LEVEL": "WARNING",
-                    },
-                    Path(workdir),
-                    free_port(),
-                )
-                await process.start()
-
-                async def stop() -> None:
-                    await process.stop()
-
-                return stop, process.url + "/slack/events"
-
-            async def floor(slack: FakeSlack):
-                port = free_port()
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable, str(ROOT / "bench" / "floor_app.py"), str(port),
-                    slack.api_url, ACME_TOKEN, SIGNING_SECRET,
-                )
-                url = f"http://127.0.0.1:{port}/slack/events"
-                async with aiohttp.ClientSession() as http:
-                    for _ in range(100):
-                        try:
-                            async with http.post(url, data=b"{}"):
-                                break
-                        except aiohttp.ClientError:
-                            await asyncio.sleep(0.1)
-
-                async def stop() -> None:
-                    process.terminate()
-                    await process.wait()
-
-                return stop, url
-
+            targets = {
+                "jamono": jamono(Path(workdir), llm, args.database_url, args.redis_url),
+                "floor": floor(llm.base_url),
+                "bare": floor(),
+            }
             results = {
-                "jamono": await measure("jamono", jamono, args.events, args.in_flight),
-                "floor": await measure("floor", floor, args.events, args.in_flight),
+                name: await measure(name, start, args.events, args.in_flight)
+                for name, start in targets.items()
             }
 
     print(f"{args.events} signed mentions, {args.in_flight} in flight, latencies in ms")
@@ -158,9 +186,11 @@ async def main() -> None:
         print(f"{name:<8} {r['ack_p50']:>9.1f} {r['ack_p99']:>9.1f} "
               f"{r['answer_p50']:>11.1f} {r['answer_p99']:>11.1f}")
     ratio = results["jamono"]["answer_p50"] / results["floor"]["answer_p50"]
+    bare_ratio = results["jamono"]["answer_p50"] / results["bare"]["answer_p50"]
     ack_ok = results["jamono"]["ack_p99"] < 100
     print(f"jamono ack p99 < 100 ms: {'yes' if ack_ok else 'NO'}; "
-          f"answer p50 = {ratio:.2f}x the floor (target <= 2x: {'yes' if ratio <= 2 else 'NO'})")
+          f"answer p50 = {ratio:.2f}x the floor (target <= 2x: {'yes' if ratio <= 2 else 'NO'}), "
+          f"{bare_ratio:.2f}x the bare app")
 
 
 if __name__ == "__main__":
