@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from dataclasses import dataclass
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import aiohttp
@@ -75,6 +76,8 @@ class Services:
     slack_http: aiohttp.ClientSession  # one connection pool to Slack for every Web API client
     cross_session: CrossSession | None = None
     scheduler: Scheduler | None = None  # set by the server that runs it
+    # What start() opened, closed in reverse order by close().
+    resources: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
     @classmethod
     async def start(cls, settings: Settings) -> Services:
@@ -84,13 +87,19 @@ class Services:
             StartupError: the database is unreachable or behind the code's migrations, or
                 Redis does not answer.
         """
+        async with AsyncExitStack() as resources:  # on any failure, close what was opened
+            services = await cls._build(settings, resources)
+            services.resources = resources.pop_all()
+        return services
+
+    @classmethod
+    async def _build(cls, settings: Settings, resources: AsyncExitStack) -> Services:
         engine = create_engine(settings.database_url)
-        try:
-            await _prepare_schema(settings, engine)
-            redis = await _connect_redis(settings.redis_url)
-        except BaseException:
-            await engine.dispose()
-            raise
+        resources.push_async_callback(engine.dispose)
+        await _prepare_schema(settings, engine)
+        redis = await _connect_redis(settings.redis_url)
+        if redis is not None:
+            resources.push_async_callback(redis.aclose)
         repos = Repositories.over(session_factory(engine), settings.secret_box())
         llm = (
             LLMClient(
@@ -101,6 +110,8 @@ class Services:
             if settings.llm_configured
             else None
         )
+        if llm is not None:
+            resources.push_async_callback(llm.close)
         status = StatusBoard(
             version=__version__, default_model=settings.model, llm=llm, metrics=repos.metrics
         )
@@ -139,7 +150,9 @@ class Services:
         )
         if cross_session is not None:
             await cross_session.start()
+            resources.push_async_callback(cross_session.close)
         slack_http = aiohttp.ClientSession()
+        resources.push_async_callback(slack_http.close)
         briefings = Briefings(
             repos=repos,
             sources=Sources(
@@ -174,14 +187,8 @@ class Services:
         )
 
     async def close(self) -> None:
-        await self.slack_http.close()
-        if self.cross_session is not None:
-            await self.cross_session.close()
-        if self.llm is not None:
-            await self.llm.close()
-        if self.redis is not None:
-            await self.redis.aclose()
-        await self.engine.dispose()
+        """Close what :meth:`start` opened, newest first (Slack's pool before the database)."""
+        await self.resources.aclose()
 
 
 def integration_defaults(settings: Settings) -> Defaults:
