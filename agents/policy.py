@@ -231,7 +231,9 @@ class ActionGate:
         """Store an execution's outcome with the request, in the audit and in the thread."""
         ok = status == "ok"
         summary = content[:SUMMARY_LIMIT]
-        await self.repos.approvals.finish_execution(tenant, approval.id, summary, ok)
+        if not await self.repos.approvals.finish_execution(tenant, approval.id, summary, ok):
+            # The sweep closed it as stalled meanwhile; the audit and the thread get the truth.
+            log.warning("approved_action_finished_late", request_id=approval.id, ok=ok)
         await self.repos.audit.record_tool_call(
             tenant,
             turn_id=None,

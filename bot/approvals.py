@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -25,6 +26,7 @@ from agents.tools.registry import ToolContext
 from bot.render import context, header, section
 from bot.slack_client import is_workspace_admin, slack_error
 from bot.threads import slack_thread
+from storage.models import utcnow
 from storage.repositories import Repositories
 from storage.repositories.approvals import Approval, State
 from storage.repositories.policy import ActionPolicy
@@ -42,6 +44,13 @@ MAX_ARGUMENTS = 40  # argument sections in one message (a message holds 50 block
 # Rendering ---------------------------------------------------------------------------------
 
 
+# An execution is bounded by the tool timeout; one still running this much longer belongs to a
+# process that died mid-action. Generous, so a slow but live execution is never closed early.
+STALLED_AFTER = timedelta(minutes=5)
+STALLED_RESULT = (
+    "error: the process running it stopped before it finished; it may or may not have taken "
+    "effect, so check before asking again"
+)
 RESULT_LIMIT = 2500  # characters of an action's result shown on its approval message
 
 
@@ -262,22 +271,27 @@ class ApprovalDesk:
         is_admin = await is_workspace_admin(client, click.user_id)
         return policy.may_approve(click.user_id, approval.requested_by, is_admin=is_admin)
 
-    async def expire_due(self, client_for: ClientFor) -> int:
-        """Expire every overdue request, update its message and note it in the conversation.
+    async def sweep(self, client_for: ClientFor) -> None:
+        """Close what nobody will close otherwise, update its message and note it in the
+        conversation: requests past their expiry, and executions orphaned by a process that
+        died mid-action (still ``executing`` :data:`STALLED_AFTER` past the tool timeout).
 
         ``client_for(tenant_id)`` gives the workspace's Web API client (``None``: not
-        installed). Returns how many requests expired.
+        installed).
         """
         expired = await self.repos.approvals.expire_due()
-        for approval in expired:
+        started_before = utcnow() - timedelta(seconds=self.gate.tool_timeout) - STALLED_AFTER
+        stalled = await self.repos.approvals.fail_stalled(started_before, STALLED_RESULT)
+        for approval in expired + stalled:
             tenant = Tenant(team_id=approval.tenant_id)
-            await self.gate.note(tenant, approval, "expired")
+            await self.gate.note(tenant, approval, approval.state, approval.result_summary)
             client = await client_for(approval.tenant_id)
             if client is not None:
-                await self._update(client, approval)
+                await self._update(client, approval, approval.result_summary)
         if expired:
             log.info("approvals_expired", count=len(expired))
-        return len(expired)
+        if stalled:
+            log.warning("stalled_executions_failed", request_ids=[a.id for a in stalled])
 
     async def _update(
         self, client: AsyncWebClient, approval: Approval, result: str | None = None

@@ -144,17 +144,18 @@ class Server:
                 log.warning("claim_prune_failed", error=repr(exc))
 
     async def _expire_approvals(self) -> None:
-        """Expire overdue approval requests and say so on their messages.
+        """Expire overdue approval requests, close orphaned executions, and say so on their
+        messages (:meth:`bot.approvals.ApprovalDesk.sweep`).
 
         Runs every quarter of ``JAMONO_APPROVAL_TTL`` (1 s to 60 s), so a message says
         "expired" soon after its deadline even if nobody clicks. Safe with several replicas:
-        each request is expired (and its message updated) by one of them.
+        each request is closed (and its message updated) by one of them.
         """
         interval = min(max(self.settings.approval_ttl * 3600 / 4, 1.0), EXPIRY_SWEEP_MAX)
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.services.approvals.expire_due(self._client_for)
+                await self.services.approvals.sweep(self._client_for)
             except Exception as exc:  # housekeeping; retry next round
                 log.warning("approval_expiry_failed", error=repr(exc))
 
@@ -163,16 +164,16 @@ class Server:
 
         The same clients as scheduled briefings use: they refresh rotated tokens themselves.
         """
-        org = tenant_id.startswith("E")  # enterprise_ids start with E, team_ids with T
-        tenant = Tenant(
-            team_id=None if org else tenant_id,
-            enterprise_id=tenant_id if org else None,
-            is_enterprise_install=org,
-        )
-        try:
-            return await self.services.briefings.clients.for_tenant(tenant)
-        except NotInstalled:
-            return None
+        # A stored tenant id is a team_id, or an enterprise_id for an org-wide install.
+        for tenant in (
+            Tenant(team_id=tenant_id),
+            Tenant(team_id=None, enterprise_id=tenant_id, is_enterprise_install=True),
+        ):
+            try:
+                return await self.services.briefings.clients.for_tenant(tenant)
+            except NotInstalled:
+                continue
+        return None
 
     # Handlers --------------------------------------------------------------------------
 

@@ -217,6 +217,7 @@ class ApprovalRequest(Base):
     expires_at: Mapped[datetime]
     decided_by: Mapped[str | None] = mapped_column(String(32))
     decided_at: Mapped[datetime | None]
+    execution_started_at: Mapped[datetime | None]
     result_summary: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -7,15 +7,16 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agents.personas import NOX
 from agents.runtime import TurnRequest
-from bot.approvals import Click
+from bot.approvals import STALLED_AFTER, STALLED_RESULT, Click
 from bot.services import Services
 from bot.settings import load_settings
 from bot.slack_client import web_client
 from storage import migrate
+from storage.models import ApprovalRequest
 from storage.models import ToolCall as ToolCallRow
 from storage.repositories.approvals import State
 from storage.tenancy import Tenant
@@ -287,3 +288,38 @@ async def test_an_approved_request_left_unstarted_runs_on_the_next_approve_only(
     await asyncio.gather(*(services.approvals.click(clicked(True), client) for _ in range(3)))
     assert len(posts_to(slack, "C0INC")) == 1
     assert (await services.repos.approvals.get(ACME, request.id)).state == State.EXECUTED
+
+
+async def test_the_sweep_closes_an_execution_orphaned_by_a_dead_process(
+    services, llm, slack, client, database_url
+):
+    """A process killed mid-action leaves the request ``executing``; once the tool timeout and
+    the margin have passed, the sweep marks it failed, on its message and in the thread."""
+    llm.script = calls(POST)
+    await services.runtime.run(ask(client))
+    (request,) = await services.repos.approvals.pending_for(ACME)
+    await services.repos.approvals.decide(ACME, request.id, "U0ALICE", approve=True)
+    # What the dead process did before dying: it won the start, and never finished.
+    await services.repos.approvals.start_execution(ACME, request.id)
+
+    async def client_for(tenant_id):
+        return client if tenant_id == ACME.id else None
+
+    await services.approvals.sweep(client_for)
+    assert (await services.repos.approvals.get(ACME, request.id)).state is State.EXECUTING
+
+    long_ago = datetime.now(UTC) - STALLED_AFTER - timedelta(seconds=6)  # tool timeout is 5 s
+    async with services.engine.begin() as connection:
+        await connection.execute(
+            update(ApprovalRequest).values(execution_started_at=long_ago)
+        )
+    await services.approvals.sweep(client_for)
+
+    closed = await services.repos.approvals.get(ACME, request.id)
+    assert closed.state is State.FAILED and closed.result_summary == STALLED_RESULT
+    (updated,) = slack.calls_to("chat.update")
+    assert updated.params["ts"] == request.message_ts
+    assert "but it failed" in updated.params["text"] and "may or may not" in updated.params["text"]
+    history = await services.repos.conversations.recent_messages(ACME, "C0OPS", "100.1")
+    assert "may or may not have taken effect" in history[-1].content
+    assert posts_to(slack, "C0INC") == []  # closing it runs nothing

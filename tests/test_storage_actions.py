@@ -298,6 +298,33 @@ async def test_expire_due_sweeps_every_tenant_once(repos):
 
     pending = await repos.approvals.pending_for(ACME, T0 + timedelta(hours=2))
     assert [a.id for a in pending] == [later.id]
+
+
+async def test_fail_stalled_closes_only_executions_started_before_the_bound(repos):
+    async def executing(tenant: Tenant = ACME):
+        created = await request(repos, tenant, now=datetime.now(UTC))
+        await repos.approvals.decide(tenant, created.id, "U0BOB", approve=True)
+        return await repos.approvals.start_execution(tenant, created.id)
+
+    orphan, elsewhere = await executing(), await executing(GLOBEX)
+    bound = datetime.now(UTC)
+    running = await executing()
+    assert orphan.state is State.EXECUTING
+
+    closed = await repos.approvals.fail_stalled(bound, "error: the process stopped")
+    assert {(a.tenant_id, a.id) for a in closed} == {
+        ("T0ACME", orphan.id), ("T0GLOBEX", elsewhere.id)
+    }
+    assert all(a.state is State.FAILED for a in closed)
+    assert closed[0].result_summary == "error: the process stopped"
+    assert (await repos.approvals.get(ACME, running.id)).state is State.EXECUTING
+    assert await repos.approvals.fail_stalled(bound, "again") == []
+    # The process that started it cannot finish it twice: the request is already closed.
+    assert not await repos.approvals.finish_execution(ACME, orphan.id, "ok", ok=True)
+    events = await repos.events.recent(ACME, kind="action_executed")
+    assert [(e.subject, e.details) for e in events] == [
+        (orphan.id, {"tool": "jira_create_issue", "ok": False, "stalled": True})
+    ]
     assert await repos.approvals.pending_for(ACME, T0 + timedelta(hours=3)) == []
 
 

@@ -6,19 +6,22 @@ checked by its row count, so among concurrent callers (double clicks, two approv
 retrying an interaction, several replicas) exactly one wins, on SQLite and PostgreSQL alike.
 The winner's audit event is written in the same transaction.
 
-A request whose execution started is never started again: when the process dies mid-action it
-stays ``executing`` (at most one execution, never two).
+A request whose execution started is never started again (at most one execution, never two).
+When the process dies mid-action the request stays ``executing`` until the sweep's
+:meth:`ApprovalRepository.fail_stalled` closes it as ``failed``, saying the action may or may
+not have taken effect.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Update, select, update
+from sqlalchemy import ColumnElement, Update, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import ApprovalRequest, utcnow
@@ -206,7 +209,9 @@ class ApprovalRepository:
         ``None`` (another caller runs it, or it was never approved)."""
         async with self._sessions.begin() as session:
             result = await session.execute(
-                _update(tenant, request_id, State.APPROVED).values(state=State.EXECUTING.value)
+                _update(tenant, request_id, State.APPROVED).values(
+                    state=State.EXECUTING.value, execution_started_at=utcnow()
+                )
             )
             if result.rowcount != 1:
                 return None
@@ -248,32 +253,48 @@ class ApprovalRepository:
             ValueError: ``now`` is naive.
         """
         moment = _now(now)
-        expired: list[Approval] = []
         async with self._sessions.begin() as session:
-            due = (
-                await session.execute(
-                    select(ApprovalRequest.tenant_id, ApprovalRequest.id).where(
-                        ApprovalRequest.state == State.PENDING.value,
-                        ApprovalRequest.expires_at <= moment,
-                    )
-                )
-            ).all()
-            for tenant_id, request_id in due:
-                tenant = Tenant(team_id=tenant_id)
-                result = await session.execute(
-                    _update(tenant, request_id, State.PENDING)
-                    .where(ApprovalRequest.expires_at <= moment)
-                    .values(state=State.EXPIRED.value)
-                )
-                if result.rowcount != 1:
-                    continue
-                events.append(
-                    session, tenant, events.APPROVAL_EXPIRED, actor=None, subject=request_id
-                )
-                request = await _current(session, tenant, request_id)
-                if request is not None:
-                    expired.append(request)
-        return expired
+            return await _close_all(
+                session,
+                State.PENDING,
+                ApprovalRequest.expires_at <= moment,
+                {"state": State.EXPIRED.value},
+                lambda tenant, request: events.append(
+                    session, tenant, events.APPROVAL_EXPIRED, actor=None, subject=request.id
+                ),
+            )
+
+    async def fail_stalled(self, started_before: datetime, result_summary: str) -> list[Approval]:
+        """Mark ``failed`` every request still ``executing`` that started before
+        ``started_before``, in all workspaces; returns the requests this call closed.
+
+        For the sweep: an execution is bounded by the tool timeout, so one that started longer
+        ago than that belongs to a process that died mid-action. ``result_summary`` says so.
+        Requests that were executing before migration 0004 have no start time and count as
+        stalled. Records ``action_executed`` with ``ok: false`` for each.
+
+        Raises:
+            ValueError: ``started_before`` is naive.
+        """
+        moment = to_utc(started_before)
+        async with self._sessions.begin() as session:
+            return await _close_all(
+                session,
+                State.EXECUTING,
+                or_(
+                    ApprovalRequest.execution_started_at.is_(None),
+                    ApprovalRequest.execution_started_at < moment,
+                ),
+                {"state": State.FAILED.value, "result_summary": result_summary},
+                lambda tenant, request: events.append(
+                    session,
+                    tenant,
+                    events.ACTION_EXECUTED,
+                    actor=request.decided_by,
+                    subject=request.id,
+                    details={"tool": request.tool, "ok": False, "stalled": True},
+                ),
+            )
 
     async def pending_for(self, tenant: Tenant, now: datetime | None = None) -> list[Approval]:
         """The tenant's requests still waiting for a decision at ``now``, oldest first.
@@ -311,6 +332,41 @@ def _update(tenant: Tenant, request_id: str, state: State | None = None) -> Upda
     if state is not None:
         statement = statement.where(ApprovalRequest.state == state.value)
     return statement
+
+
+async def _close_all(
+    session: AsyncSession,
+    state: State,
+    due: ColumnElement[bool],
+    values: dict[str, Any],
+    record: Callable[[Tenant, Approval], None],
+) -> list[Approval]:
+    """Move every request in ``state`` matching ``due`` to ``values``, each by a guarded
+    update, calling ``record`` for each one this caller moved; returns those requests.
+
+    A request moved concurrently (a late click, another replica's sweep) is left to that
+    caller, so each is reported once.
+    """
+    rows = (
+        await session.execute(
+            select(ApprovalRequest.tenant_id, ApprovalRequest.id).where(
+                ApprovalRequest.state == state.value, due
+            )
+        )
+    ).all()
+    moved: list[Approval] = []
+    for tenant_id, request_id in rows:
+        tenant = Tenant(team_id=tenant_id)
+        result = await session.execute(
+            _update(tenant, request_id, state).where(due).values(**values)
+        )
+        if result.rowcount != 1:
+            continue
+        request = await _current(session, tenant, request_id)
+        if request is not None:
+            record(tenant, request)
+            moved.append(request)
+    return moved
 
 
 async def _current(session: AsyncSession, tenant: Tenant, request_id: str) -> Approval | None:
