@@ -14,6 +14,8 @@ from agents.tools.sessions import build as build_session_tools
 from integrations.cross_session import GatewayLimits
 from integrations.cross_session.client import SessionClient
 from integrations.cross_session.protocol import CrossSessionError, Owner
+from integrations.cross_session.redis_routing import RedisRouter
+from integrations.cross_session.sessions import LiveSession
 from tests.cross_session_support import (
     ACME,
     ALICE,
@@ -182,6 +184,52 @@ async def test_max_sessions_counts_every_instance(redis_url, http):
                                       "params": {"token": token(), "app": "excel"}}))
         assert (await receive(ws))["error"]["data"] == {"reason": "too_many_sessions"}
         assert held
+
+
+async def test_concurrent_registrations_never_exceed_the_limit(redis_url, http):
+    limits = GatewayLimits(heartbeat=0.5, max_sessions_per_user=2)
+    async with (
+        GatewayInstance(limits, redis_url, "a") as a,
+        GatewayInstance(limits, redis_url, "b") as b,
+    ):
+        sockets = [await http.ws_connect(url) for url in [a.url, b.url] * 10]
+        await asyncio.gather(*(
+            ws.send_str(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "session.register",
+                                    "params": {"token": token(), "app": "excel"}}))
+            for ws in sockets
+        ))
+        answers = await asyncio.gather(*(receive(ws) for ws in sockets))
+        admitted = [answer for answer in answers if "result" in answer]
+        refused = [answer["error"]["data"] for answer in answers if "error" in answer]
+        assert len(admitted) == 2
+        assert refused == [{"reason": "too_many_sessions"}] * 18
+        listed = await a.router.list(Owner(ACME, ALICE))
+        assert {s["session_id"] for s in listed} == {x["result"]["session_id"] for x in admitted}
+        for ws in sockets:
+            await ws.close()
+
+
+async def test_admission_is_atomic_across_routers(redis_url):
+    """Two instances admitting twenty sessions of one user at once admit exactly the limit."""
+    routers = [RedisRouter(redis_url, name, heartbeat=5.0) for name in ("a", "b")]
+    owner = Owner(ACME, ALICE)
+    sessions = [
+        LiveSession(f"s{i}", owner, "excel", "Budget", [], int(time.time()) + 600, peer=None)
+        for i in range(20)
+    ]
+    try:
+        for router in routers:
+            await router.start()
+        admitted = await asyncio.gather(*(
+            routers[i % 2].admit(session, 3) for i, session in enumerate(sessions)
+        ))
+        assert admitted.count(True) == 3
+        held = {s.session_id for r in routers for s in r.sessions}
+        assert held == {s.session_id for s, ok in zip(sessions, admitted, strict=True) if ok}
+        assert len(await routers[0].list(owner)) == 3
+    finally:
+        for router in routers:
+            await router.close()
 
 
 # Faults: private redis-server and jamono processes ----------------------------------------

@@ -190,18 +190,17 @@ class Connection:
     ) -> None:
         gateway = self.gateway
         limit = gateway.limits.max_sessions_per_user
-        if await gateway.router.count(identity.owner) >= limit:
-            await self._send(rpc.error(id_, rpc.SERVER_ERROR, f"at most {limit} sessions per "
-                                       "user are allowed", {"reason": "too_many_sessions"}))
-            await self.close(rpc.CLOSE_POLICY, "too many sessions")
-            raise _Closed
         session = LiveSession(
             secrets.token_urlsafe(18), identity.owner, app, title, tools, identity.expires_at,
             self,
         )
-        gateway.router.sessions.add(session)
-        self.session = session
-        await gateway.router.added(session)
+        self.session = session  # set first: a connection lost while admitting cleans it up
+        if not await gateway.router.admit(session, limit):
+            self.session = None
+            await self._send(rpc.error(id_, rpc.SERVER_ERROR, f"at most {limit} sessions per "
+                                       "user are allowed", {"reason": "too_many_sessions"}))
+            await self.close(rpc.CLOSE_POLICY, "too many sessions")
+            raise _Closed
         self._expire_at(identity.expires_at)
         log.info("xs_session_registered", session_id=session.session_id, app=app,
                  team_id=identity.owner.team_id, user_id=identity.owner.slack_user_id)

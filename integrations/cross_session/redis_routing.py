@@ -5,7 +5,8 @@ Keys (all under ``jamono:xs:``), with TTL = 3 heartbeats, refreshed every heartb
 * ``s:{session_id}`` — JSON ``{team_id, slack_user_id, instance, app, title, tools,
   connected_at}``;
 * ``u:{team_id}:{slack_user_id}`` — sorted set of the owner's session ids, scored by the
-  Unix second their record expires;
+  Unix second their record expires; a session enters it by the :data:`ADMIT` script, which
+  enforces the per-user limit atomically;
 * ``i:{instance_id}`` — the instance is alive.
 
 Each instance subscribes to ``inbox:{instance_id}`` (calls for sessions it holds) and
@@ -49,6 +50,17 @@ RESUBSCRIBE_MAX_DELAY = 2.0  # seconds between subscriber reconnection attempts,
 ROUTE_CACHE_SIZE = 10_000  # session → instance entries kept for calls
 PROBE = '{"probe":true}'
 
+# Admission to an owner's sorted set (see the module docstring), atomic in Redis so that
+# registrations on several instances cannot together exceed the limit.
+# KEYS: owner key; ARGV: now, limit, session id, its expiry score, key TTL in ms.
+ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 
 def _unavailable(exc: BaseException) -> CrossSessionError:
     return CrossSessionError(
@@ -84,6 +96,7 @@ class RedisRouter:
         self._sub_redis = Redis.from_url(
             redis_url, socket_connect_timeout=2, decode_responses=True
         )
+        self._admit = self._redis.register_script(ADMIT)
         self._inbox = f"{PREFIX}inbox:{instance_id}"
         self._reply = f"{PREFIX}reply:{instance_id}"
         self._pending: dict[str, asyncio.Future] = {}
@@ -124,8 +137,29 @@ class RedisRouter:
 
     # Directory -------------------------------------------------------------------------
 
-    async def added(self, session: LiveSession) -> None:
+    async def admit(self, session: LiveSession, limit: int) -> bool:
+        """Hold ``session`` unless its owner has ``limit`` sessions across all instances;
+        ``True`` when held. While Redis is unreachable only this instance's are counted."""
+        owner = session.owner
+        # Reserved here before the first await, so registrations on this instance cannot
+        # both take the last place; the script does the same across instances.
+        if len(self.sessions.of(owner)) >= limit:
+            return False
+        self.sessions.add(session)
+        now = time.time()
+        try:
+            admitted = await self._admit(
+                keys=[_owner_key(owner)],
+                args=[now, limit, session.session_id, now + self.ttl_ms / 1000, self.ttl_ms],
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("xs_admit_local_only", error=repr(exc))
+            admitted = 1
+        if not admitted:
+            self.sessions.remove(session)
+            return False
         await self.updated(session)
+        return True
 
     async def updated(self, session: LiveSession) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -197,12 +231,6 @@ class RedisRouter:
                 for session in lost:
                     self._record(pipe, session, now)
                 await pipe.execute()
-
-    async def count(self, owner: Owner) -> int:
-        try:
-            return await self._redis.zcount(_owner_key(owner), time.time(), "+inf")
-        except (RedisError, OSError):
-            return len(self.sessions.of(owner))
 
     async def list(self, owner: Owner) -> list[dict[str, Any]]:
         """The owner's live sessions on every instance; only the local ones while Redis is

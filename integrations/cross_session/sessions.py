@@ -158,17 +158,22 @@ class LocalRouter:
     async def close(self) -> None:
         return None
 
-    async def added(self, session: LiveSession) -> None:
-        return None
+    async def admit(self, session: LiveSession, limit: int) -> bool:
+        """Hold ``session`` unless its owner already has ``limit`` sessions; ``True`` when held.
+
+        Check and add run without an await between them, so concurrent registrations cannot
+        both take the last place.
+        """
+        if len(self.sessions.of(session.owner)) >= limit:
+            return False
+        self.sessions.add(session)
+        return True
 
     async def updated(self, session: LiveSession) -> None:
         return None
 
     async def removed(self, session: LiveSession) -> None:
         return None
-
-    async def count(self, owner: Owner) -> int:
-        return len(self.sessions.of(owner))
 
     async def list(self, owner: Owner) -> list[dict[str, Any]]:
         return [session.info() for session in self.sessions.of(owner)]
@@ -199,10 +204,9 @@ class Router(Protocol):
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def added(self, session: LiveSession) -> None: ...
+    async def admit(self, session: LiveSession, limit: int) -> bool: ...
     async def updated(self, session: LiveSession) -> None: ...
     async def removed(self, session: LiveSession) -> None: ...
-    async def count(self, owner: Owner) -> int: ...
     async def list(self, owner: Owner) -> list[dict[str, Any]]: ...
     async def describe(self, owner: Owner, session_id: str) -> dict[str, Any] | None: ...
     async def call(
