@@ -8,6 +8,8 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from integrations.cross_session import TokenVerifier
+from tests.cross_session_support import SECRET
 from tests.e2e import (
     ACME,
     ACME_TOKEN,
@@ -30,7 +32,7 @@ async def jamono(slack, llm, sqlite_url, tmp_path):
     slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
     settings = base_settings(slack, llm, sqlite_url) | {
         "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JAMONO_GATEWAY_SECRET": SECRET,
     }
     process = await started(settings, tmp_path)
     yield process
@@ -128,3 +130,17 @@ async def test_workspaces_never_see_each_other(http, jamono, slack, llm):
     globex_metrics = await command(http, jamono, slack, GLOBEX, "/nox-metrics")
     acme_metrics = await command(http, jamono, slack, ACME, "/nox-metrics")
     assert "Turns: 1" in globex_metrics and "Turns: 2" in acme_metrics
+
+
+async def test_a_link_token_is_sent_with_the_workspace_token_and_binds_its_team(
+    http, jamono, slack
+):
+    await install(http, jamono, slack, ACME, ACME_TOKEN, "code-acme")
+    await install(http, jamono, slack, GLOBEX, GLOBEX_TOKEN, "code-globex")
+    said = await command(http, jamono, slack, GLOBEX, "/nox-link")
+    assert "I sent you a direct message" in said
+    (dm,) = await slack.wait_for("chat.postMessage", lambda p: p.get("channel") == ALICE)
+    assert dm.token == GLOBEX_TOKEN
+    token = re.search(r"```(.+?)```", dm.params["text"]).group(1)
+    identity = TokenVerifier(SECRET, "HS256").verify(token)
+    assert (identity.owner.team_id, identity.owner.slack_user_id) == (GLOBEX, ALICE)
