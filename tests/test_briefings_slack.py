@@ -53,9 +53,9 @@ async def open_form(http, jamono, slack):
     fields = slack.slash_command_payload(ACME, ALICE, "C0OPS", "/nox-brief", "add")
     status, _ = await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields)
     assert status == 200
-    [call] = await slack.wait_for("views.open")
+    [call] = await slack.wait_for("views.open", answered=True)
     assert call.params["trigger_id"] == fields["trigger_id"]
-    return slack.views[-1]
+    return call.response["view"]
 
 
 async def test_the_form_refuses_bad_input_and_saves_nothing(http, jamono, slack):

@@ -316,7 +316,7 @@ async def test_nox_connect_modal_end_to_end(http, process, slack, llm, jira, sql
     assert not slack.calls_to("views.open")
 
     await slash(http, process, slack, "/nox-connect", "jira")
-    await slack.wait_for("views.open")
+    await slack.wait_for("views.open", answered=True)
     (view,) = slack.views
     assert view["callback_id"] == "nox_connect:jira"
     assert [b["block_id"] for b in view["blocks"] if b["type"] == "input"] == [
@@ -351,6 +351,7 @@ async def test_nox_connect_modal_end_to_end(http, process, slack, llm, jira, sql
 
 async def test_nox_incident_end_to_end(http, process, slack, llm, jira):
     await slash(http, process, slack, "/nox-connect", "jira")
+    await slack.wait_for("views.open", answered=True)
     (view,) = slack.views
     await submit(http, process, slack, view, {"url": jira.url, "email": jira.email,
                                               "api_token": jira.api_token, "pat": None})

@@ -208,10 +208,17 @@ class FakeSlack:
     def calls_to(self, method: str) -> list[Call]:
         return [call for call in self.calls if call.method == method]
 
-    async def wait_for(self, method: str, predicate=None, count: int = 1, timeout: float = 10.0):
-        """The first ``count`` calls to ``method`` matching ``predicate(params)``."""
+    async def wait_for(self, method: str, predicate=None, count: int = 1, timeout: float = 10.0,
+                       answered: bool = False):
+        """The first ``count`` calls to ``method`` matching ``predicate(params)``.
+
+        A call counts once received; with ``answered``, once the fake has also handled it
+        (``call.response`` set, e.g. the view ``views.open`` stored).
+        """
         def matching() -> list[Call]:
-            return [c for c in self.calls_to(method) if predicate is None or predicate(c.params)]
+            return [c for c in self.calls_to(method)
+                    if (predicate is None or predicate(c.params))
+                    and (not answered or c.response is not None)]
 
         try:
             async with self._changed:
@@ -278,6 +285,7 @@ class FakeSlack:
         if handler is None:
             return web.json_response({"ok": False, "error": "unknown_method"})
         call.response = handler(workspace, params)
+        await self._notify()  # for wait_for(answered=True)
         return web.json_response(call.response)
 
     def _rate_limited(self, method, workspace, params) -> web.Response | None:
