@@ -277,7 +277,13 @@ async def test_killing_the_leader_hands_over_and_no_run_is_posted_twice(
         assert len(posts(slack, "C0BEFORE")) == 1
         assert len(posts(slack, "C0AFTER")) == 1
         [killed_run] = await repos.briefings.deliveries(TENANT, before.id)
-        [next_run] = await repos.briefings.deliveries(TENANT, after.id)
+
+        async def next_run_recorded():
+            # The follower records the outcome after chat.postMessage returns, not before.
+            [run] = await repos.briefings.deliveries(TENANT, after.id)
+            return run if run.state is not DeliveryState.SENDING else None
+
+        next_run = await eventually(next_run_recorded)
         assert killed_run.scheduled_for == start + timedelta(seconds=15)
         # Killed right after its post, the leader may not have recorded it as posted: the claim
         # alone keeps the successor from posting it again.
