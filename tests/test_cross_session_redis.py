@@ -14,7 +14,7 @@ from agents.tools.sessions import build as build_session_tools
 from integrations.cross_session import GatewayLimits
 from integrations.cross_session.client import SessionClient
 from integrations.cross_session.protocol import CrossSessionError, Owner
-from integrations.cross_session.redis_routing import RedisRouter
+from integrations.cross_session.redis_routing import RedisRouter, _owner_key
 from integrations.cross_session.sessions import LiveSession
 from tests.cross_session_support import (
     ACME,
@@ -228,6 +228,32 @@ async def test_admission_is_atomic_across_routers(redis_url):
         assert held == {s.session_id for s, ok in zip(sessions, admitted, strict=True) if ok}
         assert len(await routers[0].list(owner)) == 3
     finally:
+        for router in routers:
+            await router.close()
+
+
+async def test_a_heartbeat_during_admission_records_only_admitted_sessions(redis_url):
+    """A refused registration leaves nothing in Redis, even if a heartbeat ran meanwhile."""
+    routers = [RedisRouter(redis_url, name, heartbeat=5.0) for name in ("a", "b")]
+    owner = Owner(ACME, ALICE)
+    sessions = [
+        LiveSession(f"s{i}", owner, "excel", "Budget", [], int(time.time()) + 600, peer=None)
+        for i in range(20)
+    ]
+    redis = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for router in routers:
+            await router.start()
+        *admitted, _, _ = await asyncio.gather(
+            *(routers[i % 2].admit(session, 3) for i, session in enumerate(sessions)),
+            *(router.refresh() for router in routers),
+        )
+        held = {s.session_id for s, ok in zip(sessions, admitted, strict=True) if ok}
+        assert len(held) == 3
+        assert set(await redis.zrange(_owner_key(owner), 0, -1)) == held
+        assert {s["session_id"] for s in await routers[0].list(owner)} == held
+    finally:
+        await redis.aclose()
         for router in routers:
             await router.close()
 

@@ -26,6 +26,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 from contextlib import suppress
 from typing import Any
 
@@ -100,6 +101,7 @@ class RedisRouter:
         self._inbox = f"{PREFIX}inbox:{instance_id}"
         self._reply = f"{PREFIX}reply:{instance_id}"
         self._pending: dict[str, asyncio.Future] = {}
+        self._admitting: Counter[Owner] = Counter()  # registrations awaiting the ADMIT script
         # session_id → (owner, instance, cached at): saves a Redis round trip per call. Ids are
         # random and never reused, and the holding instance checks the owner again, so a stale
         # entry can only lead to session_gone or not_found, never to another user's session.
@@ -141,11 +143,12 @@ class RedisRouter:
         """Hold ``session`` unless its owner has ``limit`` sessions across all instances;
         ``True`` when held. While Redis is unreachable only this instance's are counted."""
         owner = session.owner
-        # Reserved here before the first await, so registrations on this instance cannot
-        # both take the last place; the script does the same across instances.
-        if len(self.sessions.of(owner)) >= limit:
+        # Counted here before the first await, so registrations on this instance cannot both
+        # take the last place; the script does the same across instances. The session joins
+        # self.sessions only once admitted: a heartbeat meanwhile must not write it to Redis.
+        if len(self.sessions.of(owner)) + self._admitting[owner] >= limit:
             return False
-        self.sessions.add(session)
+        self._admitting[owner] += 1
         now = time.time()
         try:
             admitted = await self._admit(
@@ -155,9 +158,13 @@ class RedisRouter:
         except (RedisError, OSError) as exc:
             log.warning("xs_admit_local_only", error=repr(exc))
             admitted = 1
+        finally:
+            self._admitting[owner] -= 1
+            if not self._admitting[owner]:
+                del self._admitting[owner]
         if not admitted:
-            self.sessions.remove(session)
             return False
+        self.sessions.add(session)
         await self.updated(session)
         return True
 
