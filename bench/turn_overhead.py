@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from storage import migrate  # noqa: E402
 from tests.e2e import ACME, ACME_TOKEN, ALICE, BOT, SIGNING_SECRET  # noqa: E402
 from tests.fakes import FakeLLM, FakeSlack, post_event  # noqa: E402
 from tests.process import JamonoProcess, free_port  # noqa: E402
@@ -118,13 +118,7 @@ def jamono(workdir: Path, llm: FakeLLM, database_url: str | None, redis_url: str
         if redis_url:
             settings["REDIS_URL"] = redis_url
         if database_url:  # only the embedded SQLite default migrates itself at start
-            migrate = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", "db", "upgrade",
-                env={**os.environ, "DATABASE_URL": database_url}, cwd=workdir,
-                stdout=asyncio.subprocess.DEVNULL,
-            )
-            if await migrate.wait():
-                raise RuntimeError(f"jamono db upgrade failed for {database_url}")
+            await migrate.upgrade_async(database_url)
         process = JamonoProcess(settings, workdir, free_port())
         await process.start()
         return process.stop, process.url + "/slack/events"

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ import aiosqlite
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from storage import migrate  # noqa: E402
 from storage.db import create_engine, session_factory  # noqa: E402
 from storage.repositories import Repositories  # noqa: E402
 from storage.repositories.conversations import LLMCallUsage  # noqa: E402
@@ -120,11 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         db_file = Path(workdir) / "bench.db"
         database_url = args.database_url or f"sqlite+aiosqlite:///{db_file}"
-        subprocess.run(
-            [sys.executable, "-m", "bot", "db", "upgrade"],
-            env={**os.environ, "DATABASE_URL": database_url}, cwd=ROOT, check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        migrate.upgrade(database_url)
         results = asyncio.run(measure(database_url, db_file, args.calls))
 
     print(f"{args.calls} calls each, one at a time, on {database_url.split(':')[0]}")

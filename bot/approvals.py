@@ -39,11 +39,6 @@ APPROVAL_DENIED = "approval_denied"  # audit: a click by someone not allowed to 
 ACTIONS_BLOCK = "approval_actions"
 ARGUMENT_LIMIT = 1500  # characters of one argument shown (a section holds 3,000)
 MAX_ARGUMENTS = 40  # argument sections in one message (a message holds 50 blocks)
-
-
-# Rendering ---------------------------------------------------------------------------------
-
-
 # An execution is bounded by the tool timeout; one still running this much longer belongs to a
 # process that died mid-action. Generous, so a slow but live execution is never closed early.
 STALLED_AFTER = timedelta(minutes=5)
@@ -51,6 +46,11 @@ STALLED_RESULT = (
     "error: the process running it stopped before it finished; it may or may not have taken "
     "effect, so check before asking again"
 )
+
+
+# Rendering ---------------------------------------------------------------------------------
+
+
 RESULT_LIMIT = 2500  # characters of an action's result shown on its approval message
 
 

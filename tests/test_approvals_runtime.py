@@ -311,7 +311,9 @@ async def test_the_sweep_closes_an_execution_orphaned_by_a_dead_process(
     long_ago = datetime.now(UTC) - STALLED_AFTER - timedelta(seconds=6)  # tool timeout is 5 s
     async with services.engine.begin() as connection:
         await connection.execute(
-            update(ApprovalRequest).values(execution_started_at=long_ago)
+            update(ApprovalRequest)
+            .where(ApprovalRequest.id == request.id)
+            .values(execution_started_at=long_ago)
         )
     await services.approvals.sweep(client_for)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -209,8 +210,9 @@ async def test_concurrent_registrations_never_exceed_the_limit(redis_url, http):
             await ws.close()
 
 
-async def test_admission_is_atomic_across_routers(redis_url):
-    """Two instances admitting twenty sessions of one user at once admit exactly the limit."""
+@contextlib.asynccontextmanager
+async def two_routers(redis_url):
+    """Routers of instances "a" and "b" on one Redis, started, and twenty sessions of Alice."""
     routers = [RedisRouter(redis_url, name, heartbeat=5.0) for name in ("a", "b")]
     owner = Owner(ACME, ALICE)
     sessions = [
@@ -220,30 +222,31 @@ async def test_admission_is_atomic_across_routers(redis_url):
     try:
         for router in routers:
             await router.start()
+        yield routers, sessions
+    finally:
+        for router in routers:
+            await router.close()
+
+
+async def test_admission_is_atomic_across_routers(redis_url):
+    """Two instances admitting twenty sessions of one user at once admit exactly the limit."""
+    async with two_routers(redis_url) as (routers, sessions):
         admitted = await asyncio.gather(*(
             routers[i % 2].admit(session, 3) for i, session in enumerate(sessions)
         ))
         assert admitted.count(True) == 3
         held = {s.session_id for r in routers for s in r.sessions}
         assert held == {s.session_id for s, ok in zip(sessions, admitted, strict=True) if ok}
-        assert len(await routers[0].list(owner)) == 3
-    finally:
-        for router in routers:
-            await router.close()
+        assert len(await routers[0].list(Owner(ACME, ALICE))) == 3
 
 
 async def test_a_heartbeat_during_admission_records_only_admitted_sessions(redis_url):
     """A refused registration leaves nothing in Redis, even if a heartbeat ran meanwhile."""
-    routers = [RedisRouter(redis_url, name, heartbeat=5.0) for name in ("a", "b")]
     owner = Owner(ACME, ALICE)
-    sessions = [
-        LiveSession(f"s{i}", owner, "excel", "Budget", [], int(time.time()) + 600, peer=None)
-        for i in range(20)
-    ]
-    redis = Redis.from_url(redis_url, decode_responses=True)
-    try:
-        for router in routers:
-            await router.start()
+    async with (
+        Redis.from_url(redis_url, decode_responses=True) as redis,
+        two_routers(redis_url) as (routers, sessions),
+    ):
         *admitted, _, _ = await asyncio.gather(
             *(routers[i % 2].admit(session, 3) for i, session in enumerate(sessions)),
             *(router.refresh() for router in routers),
@@ -252,10 +255,6 @@ async def test_a_heartbeat_during_admission_records_only_admitted_sessions(redis
         assert len(held) == 3
         assert set(await redis.zrange(_owner_key(owner), 0, -1)) == held
         assert {s["session_id"] for s in await routers[0].list(owner)} == held
-    finally:
-        await redis.aclose()
-        for router in routers:
-            await router.close()
 
 
 # Faults: private redis-server and jamono processes ----------------------------------------
