@@ -2,6 +2,8 @@
 # The virtualenv is (re)installed only when pyproject.toml changed since the last install.
 
 PYTHON ?= python3
+# Test workers (pytest-xdist); the suite waits on subprocesses and sockets more than on the CPU.
+TEST_WORKERS ?= 2
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -12,7 +14,7 @@ run: $(STAMP)
 	$(BIN)/jamono run
 
 test: $(STAMP)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -19,7 +19,12 @@ from tests.fakes import FakeLLM, FakeSlack
 POSTGRES_ADMIN_URL = os.environ.get(
     "JAMONO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-REDIS_TEST_URL = os.environ.get("JAMONO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# pytest-xdist runs workers side by side: each gets its own Redis database (15, 14, …), since
+# the fixture below empties its database before and after every test.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+REDIS_TEST_URL = os.environ.get(
+    "JAMONO_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - _WORKER % 15}"
+)
 REQUIRE_SERVICES = os.environ.get("JAMONO_REQUIRE_SERVICES") == "1"
 
 
@@ -80,7 +85,7 @@ async def engine(database_url):
 
 @pytest_asyncio.fixture
 async def redis_url():
-    """Redis database 15, emptied before and after the test."""
+    """A Redis database of this worker's own, emptied before and after the test."""
     from redis.asyncio import Redis
 
     client = Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=2)
