@@ -235,7 +235,11 @@ def _gateway_token(settings: Settings, args: argparse.Namespace) -> int:
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from storage import migrate
 
-    migrate.upgrade(settings.database_url, args.revision)
+    try:
+        migrate.upgrade(settings.database_url, args.revision, settings.secret_box())
+    except RuntimeError as exc:  # a migration needs JAMONO_SECRET_KEY; the message says so
+        print(f"Cannot upgrade: {exc}", file=sys.stderr)
+        return 1
     print(f"database at {args.revision}")
     return 0
 
@@ -287,9 +291,13 @@ def _secrets_rotate(settings: Settings, _: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
+        from storage.installations import rotate_tokens
+
         async with _services(settings) as services:
             rotated = await services.repos.credentials.rotate_all()
             print(f"re-encrypted {rotated} stored credential(s) with the newest key")
+            installations = await rotate_tokens(services.engine, settings.secret_box())
+            print(f"re-encrypted the Slack tokens of {installations} installation row(s)")
 
     from storage.secrets import SecretsError
 

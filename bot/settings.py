@@ -248,6 +248,18 @@ class Settings(BaseSettings):
             return None
         return SecretBox.from_setting(self.secret_key.get_secret_value())
 
+    # Secrets at rest (issue 10): tokens of OAuth installs are stored encrypted --------------
+
+    def secrets_problems(self) -> list[str]:
+        """Settings that would leave a secret unencrypted at rest (empty when fine)."""
+        if self.oauth_enabled and self.secret_key is None:
+            return [
+                "JAMONO_SECRET_KEY is needed with OAuth install (SLACK_CLIENT_ID): the Slack "
+                "tokens of each installed workspace are stored encrypted with it; generate one "
+                "with `jamono secrets generate-key`"
+            ]
+        return []
+
     def integration_problems(self) -> list[str]:
         """What is missing for the Jira and CalDAV defaults given (empty when fine)."""
         problems = []
@@ -324,6 +336,7 @@ def load_settings(**overrides: object) -> Settings:
         settings.slack_problems()
         + settings.integration_problems()
         + settings.gateway_problems()
+        + settings.secrets_problems()
     )
     if problems:
         raise SettingsError(problems)

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from integrations.cross_session import TokenVerifier
+from storage.secrets import generate_key
 from tests.cross_session_support import SECRET
 from tests.e2e import (
     ACME,
@@ -33,6 +34,7 @@ async def jamono(slack, llm, sqlite_url, tmp_path):
     settings = base_settings(slack, llm, sqlite_url) | {
         "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JAMONO_GATEWAY_SECRET": SECRET,
+        "JAMONO_SECRET_KEY": generate_key(),
     }
     process = await started(settings, tmp_path)
     yield process
