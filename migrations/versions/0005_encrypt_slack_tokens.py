@@ -27,13 +27,18 @@ TOKENS = {
 PLAIN_LENGTH, ENCRYPTED_LENGTH = 200, 1000
 
 
+Rows = list[tuple[sa.TableClause, int, dict[str, str]]]
+
+
 def upgrade() -> None:
+    # Checked before any DDL: SQLite does not roll a batch table copy back.
+    rows = _token_rows("encrypt")
     _resize(PLAIN_LENGTH, ENCRYPTED_LENGTH)
-    _convert("encrypt")
+    _convert(rows, "encrypt")
 
 
 def downgrade() -> None:
-    _convert("decrypt")
+    _convert(_token_rows("decrypt"), "decrypt")
     _resize(ENCRYPTED_LENGTH, PLAIN_LENGTH)
 
 
@@ -49,26 +54,38 @@ def _resize(old: int, new: int) -> None:
                 )
 
 
-def _convert(direction: str) -> None:
-    """Encrypt (or decrypt) every token in place with the box handed over by storage.migrate."""
+def _token_rows(direction: str) -> Rows:
+    """(table, row id, its non-null tokens) for every row holding a token.
+
+    Raises:
+        RuntimeError: there are tokens and no box to encrypt (or decrypt) them with.
+    """
     bind = op.get_bind()
-    box = op.get_context().config.attributes.get("secret_box")
+    found = []
     for name, columns in TOKENS.items():
         table = sa.table(name, sa.column("id"), *(sa.column(c) for c in columns))
-        rows = bind.execute(sa.select(table)).mappings().all()
-        for row in rows:
+        for row in bind.execute(sa.select(table)).mappings().all():
             stored = {c: row[c] for c in columns if row[c] is not None}
-            if not stored:
-                continue
-            if box is None:
-                raise RuntimeError(
-                    f"{name} holds Slack tokens and JAMONO_SECRET_KEY is not set: set it to a "
-                    "Fernet key (`jamono secrets generate-key`) so they can be "
-                    f"{direction}ed, then run `jamono db upgrade` again"
-                )
-            convert = getattr(box, direction)
-            bind.execute(
-                table.update()
-                .where(table.c.id == row["id"])
-                .values({c: convert(v) for c, v in stored.items()})
-            )
+            if stored:
+                found.append((table, row["id"], stored))
+    if found and op.get_context().config.attributes.get("secret_box") is None:
+        raise RuntimeError(
+            "the database holds Slack tokens of OAuth installs and JAMONO_SECRET_KEY is not "
+            "set: set it to a Fernet key (`jamono secrets generate-key`) so they can be "
+            f"{direction}ed, then run `jamono db upgrade` again"
+        )
+    return found
+
+
+def _convert(rows: Rows, direction: str) -> None:
+    """Encrypt (or decrypt) ``rows`` in place with the box handed over by storage.migrate."""
+    if not rows:
+        return
+    convert = getattr(op.get_context().config.attributes["secret_box"], direction)
+    bind = op.get_bind()
+    for table, row_id, stored in rows:
+        bind.execute(
+            table.update()
+            .where(table.c.id == row_id)
+            .values({c: convert(v) for c, v in stored.items()})
+        )
