@@ -260,6 +260,17 @@ class Settings(BaseSettings):
             ]
         return []
 
+    def secret_values(self) -> list[str]:
+        """The value of every secret setting (each key of ``JAMONO_SECRET_KEY`` apart), for
+        the log redactor: those without a recognisable shape, like the signing secret."""
+        values = []
+        for name in _SECRET_FIELDS:
+            secret = getattr(self, name)
+            if secret is not None:
+                values.extend(secret.get_secret_value().split(",") if name == "secret_key"
+                              else [secret.get_secret_value()])
+        return [value.strip() for value in values if value.strip()]
+
     def integration_problems(self) -> list[str]:
         """What is missing for the Jira and CalDAV defaults given (empty when fine)."""
         problems = []
