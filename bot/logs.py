@@ -24,7 +24,8 @@ REDACTED = "[redacted]"
 # Names whose value is a secret, as a query/form field, a dict/JSON key or an event field:
 # client_secret, refresh_token, bot_token, api_token, password, api_key … (not max_tokens).
 _SECRET_NAME = (
-    r"[A-Za-z_]*(?:secret|token|password|passwd|api_key|apikey|private_key|secret_key)|code"
+    r"[A-Za-z_]*(?:secret|token|password|passwd|api_key|apikey|private_key|secret_key)"
+    r"|code|ticket"  # OAuth codes; Socket Mode's wss://…?ticket=
 )
 _SECRET_FIELD = re.compile(rf"(?i)^(?:{_SECRET_NAME}|authorization|cookie|set-cookie)$")
 
@@ -42,6 +43,11 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # xapp- (https://api.slack.com/concepts/token-types).
     (re.compile(r"\bxox[a-z](?:\.xox[a-z])?-[A-Za-z0-9-]+"), REDACTED),
     (re.compile(r"\bxapp-[A-Za-z0-9-]+"), REDACTED),
+    # Slack incoming webhooks and workflow triggers: the path is the credential.
+    (
+        re.compile(r"(https://hooks\.slack\.com/)(?:services|workflows|triggers)/[^\s'\"<>]+"),
+        rf"\1{REDACTED}",
+    ),
     # JWS/JWE compact serialisation (RFC 7515 §7.1): base64url parts, the header a JSON
     # object ("{\"" encodes as "eyJ").
     (re.compile(r"\beyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}"), REDACTED),

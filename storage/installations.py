@@ -1,8 +1,9 @@
 """Slack OAuth installations with their tokens encrypted at rest.
 
-slack_sdk's ``AsyncSQLAlchemyInstallationStore`` keeps bot, user and refresh tokens as plain
-text. :class:`EncryptedInstallationStore` is the same store (same tables and column names, same
-queries, its delete methods untouched) whose token columns are typed :class:`EncryptedToken`:
+slack_sdk's ``AsyncSQLAlchemyInstallationStore`` keeps bot, user and refresh tokens (and the
+incoming webhook URL) as plain text. :class:`EncryptedInstallationStore` is the same store
+(same tables and column names, same queries, its delete methods untouched) whose token columns
+are typed :class:`EncryptedToken`:
 SQLAlchemy encrypts a token with :class:`~storage.secrets.SecretBox` when a row is written and
 decrypts it when a row is read, so every save and find of slack_sdk goes through the box without
 copying its code. The columns are wider than slack_sdk's ``String(200)``: a Fernet token of a
@@ -26,7 +27,14 @@ from storage.secrets import SecretBox, UndecryptableSecret
 TOKEN_LENGTH = 1000
 _log = logging.getLogger(__name__)
 
-INSTALLATION_TOKENS = ("bot_token", "bot_refresh_token", "user_token", "user_refresh_token")
+# An incoming webhook URL lets whoever holds it post into its channel: a secret too.
+INSTALLATION_TOKENS = (
+    "bot_token",
+    "bot_refresh_token",
+    "user_token",
+    "user_refresh_token",
+    "incoming_webhook_url",
+)
 BOT_TOKENS = ("bot_token", "bot_refresh_token")
 _TABLES = (
     (AsyncSQLAlchemyInstallationStore.default_installations_table_name, INSTALLATION_TOKENS),

@@ -39,6 +39,8 @@ PEM = (
         ("legacy xoxa-2-abc and xoxr-abc-def", "xoxa-2-abc"),
         ("legacy xoxa-2-abc and xoxr-abc-def", "xoxr-abc-def"),
         ("app token xapp-1-A0123-456-abcdef", "xapp-1-A0123-456-abcdef"),
+        ("{'url': 'https://hooks.slack.com/services/T0/B0/abcdEFGH'}", "abcdEFGH"),
+        ("{'url': 'wss://wss-primary.slack.com/link/?ticket=9f8e7d6c&app_id=A0'}", "9f8e7d6c"),
         (f"```{JWT}```", JWT),
         (f"link token: {JWT}.", JWT),
         (f"stored {FERNET_TOKEN}", FERNET_TOKEN),

@@ -31,7 +31,8 @@ ROTATING_BOT_TOKEN = "xoxe.xoxb-1-" + "M" * 150
 REFRESH_TOKEN = "xoxe-1-" + "R" * 140
 USER_TOKEN = "xoxp-1111-3333-acmeusersecret"
 USER_REFRESH_TOKEN = "xoxe-1-" + "U" * 60
-TOKENS = (BOT_TOKEN, ROTATING_BOT_TOKEN, REFRESH_TOKEN, USER_TOKEN, USER_REFRESH_TOKEN)
+WEBHOOK = "https://hooks.slack.com/services/T0ACME/B0NOX/webhooksecret"
+TOKENS = (BOT_TOKEN, ROTATING_BOT_TOKEN, REFRESH_TOKEN, USER_TOKEN, USER_REFRESH_TOKEN, WEBHOOK)
 
 
 def installation(bot_token: str = ROTATING_BOT_TOKEN) -> Installation:
@@ -50,6 +51,7 @@ def installation(bot_token: str = ROTATING_BOT_TOKEN) -> Installation:
         user_token=USER_TOKEN,
         user_refresh_token=USER_REFRESH_TOKEN,
         user_token_expires_at=int(time.time()) + 43_200,
+        incoming_webhook_url=WEBHOOK,
         installed_at=time.time(),
     )
 
@@ -66,7 +68,7 @@ async def stolen_rows(engine) -> list[str]:
 
 def assert_no_token_in(cells: list[str], tokens=TOKENS) -> None:
     dump = "\n".join(cells)
-    assert "xox" not in dump
+    assert "xox" not in dump and "hooks.slack.com" not in dump
     for token in tokens:
         assert token not in dump
 
@@ -83,6 +85,7 @@ async def test_a_dump_of_the_database_holds_no_slack_token(engine):
     found = await store.async_find_installation(enterprise_id=None, team_id=ACME)
     assert (found.bot_token, found.bot_refresh_token) == (ROTATING_BOT_TOKEN, REFRESH_TOKEN)
     assert (found.user_token, found.user_refresh_token) == (USER_TOKEN, USER_REFRESH_TOKEN)
+    assert found.incoming_webhook_url == WEBHOOK
     bot = await store.async_find_bot(enterprise_id=None, team_id=ACME)
     assert (bot.bot_token, bot.bot_refresh_token) == (ROTATING_BOT_TOKEN, REFRESH_TOKEN)
     by_user = await store.async_find_installation(

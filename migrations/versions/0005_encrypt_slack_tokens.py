@@ -21,7 +21,13 @@ depends_on = None
 
 # As of this revision: the token columns of each slack_sdk table and their lengths.
 TOKENS = {
-    "slack_installations": ("bot_token", "bot_refresh_token", "user_token", "user_refresh_token"),
+    "slack_installations": (
+        "bot_token",
+        "bot_refresh_token",
+        "user_token",
+        "user_refresh_token",
+        "incoming_webhook_url",  # whoever holds it can post into its channel
+    ),
     "slack_bots": ("bot_token", "bot_refresh_token"),
 }
 PLAIN_LENGTH, ENCRYPTED_LENGTH = 200, 1000
