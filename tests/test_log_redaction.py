@@ -12,9 +12,11 @@ import re
 import pytest
 import structlog
 
+from agents.llm import LLMClient
 from bot.logs import REDACTED, Redactor, redacting_handler
 from storage.secrets import SecretBox, generate_key
 from tests.e2e import ACME, ACME_TOKEN, ALICE, GLOBEX, GLOBEX_TOKEN, SIGNING_SECRET, started
+from tests.process import free_port
 from tests.test_e2e_oauth import CLIENT_SECRET, command, install, mention, oauth_settings
 
 JWT = (
@@ -167,3 +169,19 @@ async def test_a_debug_log_of_install_and_link_holds_no_secret(http, slack, llm,
         assert secret not in log, secret
     assert "xoxb-" not in log and "eyJ" not in log
     assert REDACTED in log
+
+
+async def test_an_llm_endpoint_with_credentials_is_shown_without_them():
+    """Its failures are told to every workspace's users: the operator's proxy password must
+    not travel with them."""
+    client = LLMClient(
+        "sk-test", f"http://proxyuser:proxy-pa55@127.0.0.1:{free_port()}/v1?api-key=k3y-value",
+        timeout=2, max_retries=0,
+    )
+    try:
+        reason = await client.check(within=2)
+    finally:
+        await client.close()
+    assert reason == f"could not connect to the language model at {client.endpoint}"
+    assert client.endpoint.startswith("http://127.0.0.1:") and client.endpoint.endswith("/v1")
+    assert "proxy-pa55" not in reason and "k3y-value" not in reason
