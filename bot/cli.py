@@ -87,11 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("words", nargs="*", help="[persona] verb [value]; default: show")
     config.set_defaults(handler=_config)
 
-    secrets = sub.add_parser("secrets", help="encryption of stored credentials")
+    secrets = sub.add_parser("secrets", help="encryption of stored credentials and Slack tokens")
     secrets_sub = secrets.add_subparsers(required=True, metavar="action")
     rotate = secrets_sub.add_parser(
         "rotate",
-        help="re-encrypt every stored credential with the newest JAMONO_SECRET_KEY key",
+        help="re-encrypt every stored credential and Slack token with the newest "
+        "JAMONO_SECRET_KEY key",
         description="Put the new key first in JAMONO_SECRET_KEY (old keys after it), run "
         "this, then remove the old keys.",
     )
