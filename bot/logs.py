@@ -122,8 +122,12 @@ class Redactor:
 
 
 class RedactingFilter(logging.Filter):
-    """A stdlib filter: the record's message (with its ``%`` args merged) comes out redacted,
-    so handlers that bypass structlog's formatter write no secret either."""
+    """A stdlib filter redacting a record's message with its ``%`` args merged (an arg's repr
+    may hold a token), whatever formatter renders the record afterwards.
+
+    :func:`configure` puts it on its handler; add it to any other handler (a file or syslog
+    handler) with ``handler.addFilter``. Exceptions are redacted by the formatter's
+    :class:`Redactor` once formatted."""
 
     def __init__(self, redactor: Redactor) -> None:
         super().__init__()

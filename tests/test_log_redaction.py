@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from agents.llm import LLMClient
-from bot.logs import REDACTED, Redactor, redacting_handler
+from bot.logs import REDACTED, RedactingFilter, Redactor, redacting_handler
+from bot.settings import load_settings
 from storage.secrets import SecretBox, generate_key
 from tests.e2e import ACME, ACME_TOKEN, ALICE, GLOBEX, GLOBEX_TOKEN, SIGNING_SECRET, started
 from tests.process import free_port
@@ -88,6 +89,33 @@ def test_configured_secrets_without_a_shape_are_redacted():
     redactor = Redactor([SIGNING_SECRET, "short"])
     assert redactor.redact(f"secret {SIGNING_SECRET}!") == f"secret {REDACTED}!"
     assert redactor.redact("a short note") == "a short note"  # too short to look for
+
+
+def test_the_settings_hand_every_secret_value_to_the_redactor():
+    old, new = generate_key(), generate_key()
+    settings = load_settings(
+        _env_file=None, SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_BOT_TOKEN=ACME_TOKEN,
+        JAMONO_SECRET_KEY=f"{new}, {old}", CALDAV_URL="https://cal.example.com/",
+        CALDAV_CALENDAR="Ops", CALDAV_PASSWORD="calendar-password",
+    )
+    assert set(settings.secret_values()) == {
+        SIGNING_SECRET, ACME_TOKEN, new, old, "calendar-password"
+    }
+
+
+def test_a_plain_stdlib_handler_with_the_filter_writes_no_secret():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter(Redactor(["calendar-password"])))
+    logger = logging.getLogger("tests.redaction.plain")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    logger.debug("login %s with %r", "nox", {"password": "calendar-password", "t": ACME_TOKEN})
+    out = stream.getvalue()
+    assert out.startswith("DEBUG login nox with {'password': '[redacted]'")
+    assert "calendar-password" not in out and ACME_TOKEN not in out
 
 
 def capture(name: str, redactor: Redactor) -> tuple[logging.Logger, io.StringIO]:
