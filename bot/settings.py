@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.logs import Redactor
 from storage.db import async_url
 from storage.secrets import SecretBox, parse_keys
 
@@ -359,7 +360,8 @@ def _describe(error: dict) -> str:
     # Fields read under an alias (JAMONO_…) report the alias as their location.
     field = _FIELDS_BY_ENV_NAME.get(loc.lower(), loc)
     env_name = _ENV_NAMES.get(field, field).upper()
-    shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
+    # A URL's password (DATABASE_URL, REDIS_URL…) would reach the terminal and log collectors.
+    shown = "(hidden)" if field in _SECRET_FIELDS else Redactor().redact(repr(error.get("input")))
     message = error["msg"].removeprefix("Value error, ")
     return f"{env_name}={shown}: {message}"
 

@@ -126,6 +126,21 @@ def test_oauth_install_without_a_secret_key_is_refused():
     ).oauth_enabled
 
 
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DATABASE_URL": "mysql://jamono:pa55word@db/jamono"},
+        {"REDIS_URL": "http://:pa55word@cache:6379"},
+        {"JIRA_URL": "ftp://nox:pa55word@jira.example.com"},
+    ],
+)
+def test_a_rejected_url_setting_is_shown_without_its_password(env):
+    with pytest.raises(SettingsError) as caught:
+        load_settings(_env_file=None, **env)
+    (problem,) = caught.value.problems
+    assert "pa55word" not in problem and "[redacted]@" in problem
+
+
 async def plaintext_install_at_0004(database_url: str) -> None:
     """What a database written before tokens were encrypted holds: slack_sdk's plain rows."""
     await migrate.upgrade_async(database_url, "0004")
