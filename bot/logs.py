@@ -43,9 +43,12 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     # xapp- (https://api.slack.com/concepts/token-types).
     (re.compile(r"\bxox[a-z](?:\.xox[a-z])?-[A-Za-z0-9-]+"), REDACTED),
     (re.compile(r"\bxapp-[A-Za-z0-9-]+"), REDACTED),
-    # Slack incoming webhooks and workflow triggers: the path is the credential.
+    # Slack incoming webhooks, workflow triggers and response_urls: the path is the credential.
     (
-        re.compile(r"(https://hooks\.slack\.com/)(?:services|workflows|triggers)/[^\s'\"<>]+"),
+        re.compile(
+            r"(https://hooks\.slack\.com/)(?:services|workflows|triggers|commands|actions)/"
+            r"[^\s'\"<>]+"
+        ),
         rf"\1{REDACTED}",
     ),
     # JWS/JWE compact serialisation (RFC 7515 §7.1): base64url parts, the header a JSON
@@ -198,5 +201,7 @@ def configure(level: str = "INFO", fmt: str = "console", secrets: Iterable[str] 
     # Per-request access lines and SQL echo drown the events that matter.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    # aiosqlite's DEBUG lines echo every statement with its parameters: every stored message.
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(max(logging.getLevelName(level), logging.WARNING))
     logging.getLogger("httpx").setLevel(logging.WARNING)

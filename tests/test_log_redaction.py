@@ -43,6 +43,7 @@ PEM = (
         ("legacy xoxa-2-abc and xoxr-abc-def", "xoxr-abc-def"),
         ("app token xapp-1-A0123-456-abcdef", "xapp-1-A0123-456-abcdef"),
         ("{'url': 'https://hooks.slack.com/services/T0/B0/abcdEFGH'}", "abcdEFGH"),
+        ("response_url https://hooks.slack.com/commands/T0/123/xyzSECRET", "xyzSECRET"),
         ("{'url': 'wss://wss-primary.slack.com/link/?ticket=9f8e7d6c&app_id=A0'}", "9f8e7d6c"),
         (f"```{JWT}```", JWT),
         (f"link token: {JWT}.", JWT),
@@ -196,6 +197,7 @@ async def test_a_debug_log_of_install_and_link_holds_no_secret(http, slack, llm,
     ):
         assert secret not in log, secret
     assert "xoxb-" not in log and "eyJ" not in log
+    assert "INSERT INTO" not in log  # no SQL echo: its parameters are every stored message
     assert REDACTED in log
 
 
