@@ -18,10 +18,12 @@ from typing import Any
 import sqlalchemy as sa
 from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.types import TypeDecorator
 
+from storage.repositories import events
 from storage.secrets import SecretBox, UndecryptableSecret
+from storage.tenancy import Tenant
 
 # Migration 0005 widens these columns to this length and encrypts what they held.
 TOKEN_LENGTH = 1000
@@ -36,6 +38,7 @@ INSTALLATION_TOKENS = (
     "incoming_webhook_url",
 )
 BOT_TOKENS = ("bot_token", "bot_refresh_token")
+_TENANT_COLUMNS = ("team_id", "enterprise_id", "is_enterprise_install")
 _TABLES = (
     (AsyncSQLAlchemyInstallationStore.default_installations_table_name, INSTALLATION_TOKENS),
     (AsyncSQLAlchemyInstallationStore.default_bots_table_name, BOT_TOKENS),
@@ -111,17 +114,19 @@ async def rotate_tokens(engine: AsyncEngine, box: SecretBox) -> int:
     Not scoped by workspace or client id: it serves ``jamono secrets rotate``. A row is
     rewritten only if it still holds the tokens that were read (a token refreshed meanwhile is
     already under the newest key). All rows change in one transaction: if one cannot be
-    decrypted nothing changes.
+    decrypted nothing changes. Each workspace whose tokens moved gets a
+    ``credentials_rotated`` audit event with subject ``slack``.
 
     Raises:
         UndecryptableSecret: a token no configured key opens (the message names the table,
             column and row id, never the token).
     """
-    rotated = 0
-    async with engine.begin() as conn:
+    rotated, tenants = 0, set()
+    async with AsyncSession(engine) as session, session.begin():
+        conn = await session.connection()
         for name, columns in _TABLES:
             # The stored text as it is: lightweight columns carry no EncryptedToken type.
-            raw = sa.table(name, sa.column("id"), *(sa.column(c) for c in columns))
+            raw = sa.table(name, *(sa.column(c) for c in ("id", *_TENANT_COLUMNS, *columns)))
             for row in (await conn.execute(sa.select(raw))).mappings().all():
                 stored = {c: row[c] for c in columns if row[c] is not None}
                 if not stored:
@@ -139,7 +144,13 @@ async def rotate_tokens(engine: AsyncEngine, box: SecretBox) -> int:
                     .where(raw.c.id == row["id"], *(raw.c[c] == t for c, t in stored.items()))
                     .values(**fresh)
                 )
-                rotated += result.rowcount
+                if result.rowcount:
+                    rotated += result.rowcount
+                    tenants.add(
+                        Tenant(row["team_id"], row["enterprise_id"], row["is_enterprise_install"])
+                    )
+        for tenant in sorted(tenants, key=lambda t: t.id):
+            events.append(session, tenant, events.CREDENTIALS_ROTATED, actor=None, subject="slack")
     return rotated
 
 

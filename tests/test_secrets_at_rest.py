@@ -18,9 +18,11 @@ from sqlalchemy import text
 
 from bot.settings import SettingsError, load_settings
 from storage import migrate
-from storage.db import create_engine
+from storage.db import create_engine, session_factory
 from storage.installations import EncryptedInstallationStore, rotate_tokens
+from storage.repositories import Repositories
 from storage.secrets import SecretBox, UndecryptableSecret, generate_key
+from storage.tenancy import Tenant
 from tests.e2e import ACME, BOT, started
 from tests.test_cli import jamono
 from tests.test_e2e_oauth import install, oauth_settings
@@ -241,6 +243,10 @@ async def test_rotate_moves_the_tokens_to_the_new_key(tmp_path, sqlite_url):
         )
         # Nothing left to move: a second run rewrites the same rows, and they still open.
         assert await rotate_tokens(engine, SecretBox([new])) == 2
+        audit = await Repositories.over(session_factory(engine)).events.recent(
+            Tenant(ACME), kind="credentials_rotated"
+        )
+        assert [(e.subject, e.actor) for e in audit] == [("slack", None), ("slack", None)]
     finally:
         await engine.dispose()
 
