@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -70,7 +71,10 @@ class LLMClient:
             timeout=timeout,
             max_retries=max_retries,
         )
-        self.endpoint = str(self._client.base_url).rstrip("/")
+        # Shown to users in error messages: without credentials in its userinfo or query.
+        parts = urlsplit(str(self._client.base_url))
+        netloc = parts.netloc.rpartition("@")[2]
+        self.endpoint = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
         self.timeout = timeout
 
     async def complete(

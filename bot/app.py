@@ -9,12 +9,12 @@ from aiohttp import ClientSession
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
-from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
 
 from bot.listeners import register_all
 from bot.services import Services
 from bot.slack_client import oauth_authorize_url, web_client
+from storage.installations import EncryptedInstallationStore
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +42,8 @@ def build_app(services: Services, session: ClientSession) -> AsyncApp:
     """Bolt ``AsyncApp`` with our listeners, event claims and error logging.
 
     With ``SLACK_CLIENT_ID``/``SLACK_CLIENT_SECRET`` tokens come from slack_sdk's SQLAlchemy
-    installation store (filled by ``/slack/install``); otherwise from ``SLACK_BOT_TOKEN``.
+    installation store, encrypted (filled by ``/slack/install``); otherwise from
+    ``SLACK_BOT_TOKEN``.
     Every Web API call goes through ``session`` (kept-alive connections to Slack).
     """
     settings = services.settings
@@ -56,8 +57,9 @@ def build_app(services: Services, session: ClientSession) -> AsyncApp:
         "process_before_response": False,
     }
     if settings.oauth_enabled:
-        installation_store = AsyncSQLAlchemyInstallationStore(
-            client_id=settings.slack_client_id, engine=services.engine
+        # Settings require JAMONO_SECRET_KEY with OAuth install: tokens are stored encrypted.
+        installation_store = EncryptedInstallationStore(
+            settings.slack_client_id, services.engine, settings.secret_box()
         )
         oauth_flow = AsyncOAuthFlow(
             client=web_client(settings.slack_api_url, session=session),

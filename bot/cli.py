@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, settings.secret_values())
     return args.handler(settings, args)
 
 
@@ -87,11 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument("words", nargs="*", help="[persona] verb [value]; default: show")
     config.set_defaults(handler=_config)
 
-    secrets = sub.add_parser("secrets", help="encryption of stored credentials")
+    secrets = sub.add_parser("secrets", help="encryption of stored credentials and Slack tokens")
     secrets_sub = secrets.add_subparsers(required=True, metavar="action")
     rotate = secrets_sub.add_parser(
         "rotate",
-        help="re-encrypt every stored credential with the newest JAMONO_SECRET_KEY key",
+        help="re-encrypt every stored credential and Slack token with the newest "
+        "JAMONO_SECRET_KEY key",
         description="Put the new key first in JAMONO_SECRET_KEY (old keys after it), run "
         "this, then remove the old keys.",
     )
@@ -235,7 +236,11 @@ def _gateway_token(settings: Settings, args: argparse.Namespace) -> int:
 def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from storage import migrate
 
-    migrate.upgrade(settings.database_url, args.revision)
+    try:
+        migrate.upgrade(settings.database_url, args.revision, settings.secret_box())
+    except RuntimeError as exc:  # a migration needs JAMONO_SECRET_KEY; the message says so
+        print(f"Cannot upgrade: {exc}", file=sys.stderr)
+        return 1
     print(f"database at {args.revision}")
     return 0
 
@@ -287,9 +292,13 @@ def _secrets_rotate(settings: Settings, _: argparse.Namespace) -> int:
         return 2
 
     async def main() -> None:
+        from storage.installations import rotate_tokens
+
         async with _services(settings) as services:
             rotated = await services.repos.credentials.rotate_all()
             print(f"re-encrypted {rotated} stored credential(s) with the newest key")
+            installations = await rotate_tokens(services.engine, settings.secret_box())
+            print(f"re-encrypted the Slack tokens of {installations} installation row(s)")
 
     from storage.secrets import SecretsError
 

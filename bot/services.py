@@ -277,7 +277,7 @@ async def _prepare_schema(settings: Settings, engine: AsyncEngine) -> None:
     try:
         await ping(engine)
         if engine.dialect.name == "sqlite":
-            await migrate.upgrade_async(settings.database_url)
+            await migrate.upgrade_async(settings.database_url, secrets=settings.secret_box())
             return
         applied = await migrate.applied_revisions(engine)
     except Exception as exc:

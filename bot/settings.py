@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.logs import Redactor
 from storage.db import async_url
 from storage.secrets import SecretBox, parse_keys
 
@@ -248,6 +249,29 @@ class Settings(BaseSettings):
             return None
         return SecretBox.from_setting(self.secret_key.get_secret_value())
 
+    # Secrets at rest (issue 10): tokens of OAuth installs are stored encrypted --------------
+
+    def secrets_problems(self) -> list[str]:
+        """Settings that would leave a secret unencrypted at rest (empty when fine)."""
+        if self.oauth_enabled and self.secret_key is None:
+            return [
+                "JAMONO_SECRET_KEY is needed with OAuth install (SLACK_CLIENT_ID): the Slack "
+                "tokens of each installed workspace are stored encrypted with it; generate one "
+                "with `jamono secrets generate-key`"
+            ]
+        return []
+
+    def secret_values(self) -> list[str]:
+        """The value of every secret setting (each key of ``JAMONO_SECRET_KEY`` apart), for
+        the log redactor: those without a recognisable shape, like the signing secret."""
+        values = []
+        for name in _SECRET_FIELDS:
+            secret = getattr(self, name)
+            if secret is not None:
+                values.extend(secret.get_secret_value().split(",") if name == "secret_key"
+                              else [secret.get_secret_value()])
+        return [value.strip() for value in values if value.strip()]
+
     def integration_problems(self) -> list[str]:
         """What is missing for the Jira and CalDAV defaults given (empty when fine)."""
         problems = []
@@ -324,6 +348,7 @@ def load_settings(**overrides: object) -> Settings:
         settings.slack_problems()
         + settings.integration_problems()
         + settings.gateway_problems()
+        + settings.secrets_problems()
     )
     if problems:
         raise SettingsError(problems)
@@ -335,7 +360,8 @@ def _describe(error: dict) -> str:
     # Fields read under an alias (JAMONO_…) report the alias as their location.
     field = _FIELDS_BY_ENV_NAME.get(loc.lower(), loc)
     env_name = _ENV_NAMES.get(field, field).upper()
-    shown = "(hidden)" if field in _SECRET_FIELDS else repr(error.get("input"))
+    # A URL's password (DATABASE_URL, REDIS_URL…) would reach the terminal and log collectors.
+    shown = "(hidden)" if field in _SECRET_FIELDS else Redactor().redact(repr(error.get("input")))
     message = error["msg"].removeprefix("Value error, ")
     return f"{env_name}={shown}: {message}"
 

@@ -9,14 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from slack_sdk.oauth.installation_store import Installation
-from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 
 from bot.briefings.delivery import Outcome
 from bot.services import Services
 from bot.settings import load_settings
 from integrations.calendar import CalDAVClient, CalDAVCredentials, build_invitation
 from storage import migrate
+from storage.installations import EncryptedInstallationStore
 from storage.repositories.briefings import DeliveryState
+from storage.secrets import generate_key
 from storage.tenancy import Tenant
 from tests.e2e import ACME, ACME_TOKEN, ALICE, SIGNING_SECRET
 from tests.fakes.jira import FakeJira
@@ -230,10 +231,13 @@ async def test_scheduled_runs_refresh_a_rotated_token_themselves(sqlite_url, sla
     slack.set_oauth_app("111.222", "client-secret")
     slack.enable_token_rotation(ACME, "xoxe-1-first")
     services = await start_services(
-        sqlite_url, slack, SLACK_CLIENT_ID="111.222", SLACK_CLIENT_SECRET="client-secret"
+        sqlite_url, slack, SLACK_CLIENT_ID="111.222", SLACK_CLIENT_SECRET="client-secret",
+        JAMONO_SECRET_KEY=generate_key(),
     )
     try:
-        store = AsyncSQLAlchemyInstallationStore(client_id="111.222", engine=services.engine)
+        store = EncryptedInstallationStore(
+            "111.222", services.engine, services.settings.secret_box()
+        )
         await store.async_save(
             Installation(
                 app_id="A0JAMONO",

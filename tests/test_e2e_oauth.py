@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from integrations.cross_session import TokenVerifier
+from storage.secrets import generate_key
 from tests.cross_session_support import SECRET
 from tests.e2e import (
     ACME,
@@ -27,14 +28,19 @@ CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret"
 CAROL = "U0CAROL"
 
 
-@pytest.fixture
-async def jamono(slack, llm, sqlite_url, tmp_path):
+def oauth_settings(slack, llm, database_url: str) -> dict[str, str]:
+    """Settings of a process serving OAuth installs from ``slack`` (the fake knows the app)."""
     slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
-    settings = base_settings(slack, llm, sqlite_url) | {
+    return base_settings(slack, llm, database_url) | {
         "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JAMONO_GATEWAY_SECRET": SECRET,
+        "JAMONO_SECRET_KEY": generate_key(),
     }
-    process = await started(settings, tmp_path)
+
+
+@pytest.fixture
+async def jamono(slack, llm, sqlite_url, tmp_path):
+    process = await started(oauth_settings(slack, llm, sqlite_url), tmp_path)
     yield process
     assert await process.stop() == 0, process.output
 

@@ -14,6 +14,7 @@ from sqlalchemy import MetaData
 
 from storage import migrate
 from storage.db import create_engine, session_factory
+from storage.installations import EncryptedInstallationStore
 from storage.models import Base
 from storage.repositories import Repositories
 from storage.repositories.conversations import LLMCallUsage
@@ -33,8 +34,9 @@ def expected_metadata() -> MetaData:
     metadata = MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(metadata)
-    AsyncSQLAlchemyInstallationStore.build_installations_table(metadata, "slack_installations")
-    AsyncSQLAlchemyInstallationStore.build_bots_table(metadata, "slack_bots")
+    # Our store: slack_sdk's tables with token columns wide enough for Fernet tokens.
+    EncryptedInstallationStore.build_installations_table(metadata, "slack_installations")
+    EncryptedInstallationStore.build_bots_table(metadata, "slack_bots")
     AsyncSQLAlchemyOAuthStateStore.build_oauth_states_table(metadata, "slack_oauth_states")
     return metadata
 

@@ -15,6 +15,7 @@ from bot.settings import SettingsError, load_settings
 from bot.slack_client import oauth_authorize_url
 from storage.repositories.config import Override, WorkspaceConfig
 from storage.repositories.conversations import StoredMessage
+from storage.secrets import generate_key
 from storage.tenancy import Tenant
 
 
@@ -81,7 +82,12 @@ class TestSettings:
         [
             {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1"},
             {"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"},
-            {"SLACK_CLIENT_ID": "1.2", "SLACK_CLIENT_SECRET": "c", "SLACK_SIGNING_SECRET": "s"},
+            {
+                "SLACK_CLIENT_ID": "1.2",
+                "SLACK_CLIENT_SECRET": "c",
+                "SLACK_SIGNING_SECRET": "s",
+                "JAMONO_SECRET_KEY": generate_key(),
+            },
         ],
     )
     def test_complete_slack_settings(self, values):

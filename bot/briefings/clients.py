@@ -2,9 +2,10 @@
 
 Bolt refreshes rotated tokens only while it handles an incoming request (contracts.md, "Slack:
 OAuth v2 and tokens"), so scheduled work refreshes them itself: with OAuth install the bot token
-comes from slack_sdk's installation store and is rotated by slack_sdk's ``AsyncTokenRotator``
-when it expires within :data:`REFRESH_BEFORE_MINUTES`; the rotated installation is saved back,
-so Bolt and the other replicas see the new token. In single-workspace mode the token is
+comes from the installation store (slack_sdk's, tokens encrypted: :mod:`storage.installations`)
+and is rotated by slack_sdk's ``AsyncTokenRotator`` when it expires within
+:data:`REFRESH_BEFORE_MINUTES`; the rotated installation is saved back, so Bolt and the other
+replicas see the new token. In single-workspace mode the token is
 ``SLACK_BOT_TOKEN``.
 """
 
@@ -14,13 +15,13 @@ import asyncio
 from collections import defaultdict
 
 from aiohttp import ClientSession
-from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from slack_sdk.oauth.token_rotation.async_rotator import AsyncTokenRotator
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.settings import Settings
 from bot.slack_client import web_client
+from storage.installations import EncryptedInstallationStore
 from storage.tenancy import Tenant
 
 REFRESH_BEFORE_MINUTES = 120  # Bolt's default for incoming requests
@@ -41,11 +42,11 @@ class TeamClients:
     def __init__(self, settings: Settings, engine: AsyncEngine, session: ClientSession) -> None:
         self._settings = settings
         self._session = session
-        self._store: AsyncSQLAlchemyInstallationStore | None = None
+        self._store: EncryptedInstallationStore | None = None
         self._rotator: AsyncTokenRotator | None = None
         if settings.oauth_enabled:
-            self._store = AsyncSQLAlchemyInstallationStore(
-                client_id=settings.slack_client_id, engine=engine
+            self._store = EncryptedInstallationStore(
+                settings.slack_client_id, engine, settings.secret_box()
             )
             self._rotator = AsyncTokenRotator(
                 client_id=settings.slack_client_id,
