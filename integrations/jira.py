@@ -17,8 +17,8 @@ that is not Jira's JSON (a redirect may lead anywhere).
 from __future__ import annotations
 
 import threading
-from contextlib import closing
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
