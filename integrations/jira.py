@@ -16,7 +16,6 @@ that is not Jira's JSON (a redirect may lead anywhere).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -219,8 +218,10 @@ class JiraClient:
         self._pool = pool or IntegrationPool(INTEGRATION, threads=4, per_workspace=4,
                                              deadline=3 * timeout)
         self._egress = egress or EgressPolicy(allow_private=True)
-        self._jira: JIRA | None = None
-        self._lock = threading.Lock()
+        # What earlier calls learnt, handed to each call's library client: serverInfo's
+        # (versionNumbers, deploymentType) and the field list (JQL name → REST id).
+        self._server: tuple[tuple[int, ...], str | None] | None = None
+        self._fields: dict[str, str] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -238,23 +239,45 @@ class JiraClient:
         jira = JIRA(server=self.url, max_retries=0, timeout=self.timeout, logging=False,
                     get_server_info=False, options={"check_update": False}, **auth)
         self._egress.pin(jira._session)
-        if get_server_info:
-            try:
-                info = jira.server_info()
-                # What the constructor would have set from the same answer.
-                jira._version = tuple(info["versionNumbers"])
-                jira.deploymentType = info.get("deploymentType")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise self._not_jira() from exc
-            except JIRAError as exc:
-                raise _unless_not_jira(exc, self._not_jira()) from None
-        return jira
+        if not get_server_info:
+            return jira
+        try:
+            info = jira.server_info()
+            # What the constructor would have set from the same answer.
+            jira._version = tuple(info["versionNumbers"])
+            jira.deploymentType = info.get("deploymentType")
+            return jira
+        except (ValueError, KeyError, TypeError) as exc:
+            jira.close()
+            raise self._not_jira() from exc
+        except JIRAError as exc:
+            jira.close()
+            raise _unless_not_jira(exc, self._not_jira()) from None
+        except BaseException:
+            jira.close()
+            raise
 
-    def _library(self) -> JIRA:
-        with self._lock:
-            if self._jira is None:
-                self._jira = self._connect()
-            return self._jira
+    def _with_library(self, work: Callable[[JIRA], T]) -> T:
+        """Run ``work`` with a library client of its own, closed afterwards.
+
+        One client per call, so every socket a call uses is opened within it and belongs to
+        its deadline (a kept-alive connection from an earlier call would not be, and a server
+        could trickle its next answer on it). What the library learns once — serverInfo and
+        the field list — carries over from call to call; the library has no public way to
+        hand them over, hence its private attributes.
+        """
+        if self._server is None:
+            jira = self._connect()
+            self._server = (jira._version, jira.deploymentType)
+        else:
+            jira = self._connect(get_server_info=False)
+            jira._version, jira.deploymentType = self._server
+        jira._fields_cache_value = self._fields
+        try:
+            return work(jira)
+        finally:
+            self._fields = jira._fields_cache_value
+            jira.close()
 
     def _not_jira(self) -> NotJiraError:
         return NotJiraError(f"{self.url} does not look like a Jira site: it has no Jira REST "
@@ -293,7 +316,7 @@ class JiraClient:
     async def _call(self, action: str, work: Callable[[JIRA], T], *,
                     idempotent: bool = True) -> T:
         async def attempt() -> T:
-            return await self._in_pool(action, lambda: work(self._library()))
+            return await self._in_pool(action, lambda: self._with_library(work))
 
         return await self._resilience.call(self.workspace, INTEGRATION, attempt,
                                            classify=classify, idempotent=idempotent)

@@ -13,13 +13,14 @@ import asyncio
 
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from cryptography.fernet import Fernet
 
 from agents.connections import Connections, Defaults
 from bot.services import Services
 from bot.settings import load_settings
-from integrations.jira import JiraUnavailable
-from integrations.pools import PoolLimits
+from integrations.jira import DataCenterCredentials, JiraClient, JiraUnavailable
+from integrations.pools import IntegrationPool, PoolLimits
 from integrations.resilience import Resilience, RetryPolicy
 from storage.tenancy import Tenant
 from tests.fakes.jira import FakeJira
@@ -117,3 +118,48 @@ async def test_a_cancelled_call_frees_its_thread(services):
             await asyncio.wait_for(trickle.wait_all_closed(), 10)
     finally:
         connections.close()
+
+
+async def test_a_server_that_answers_then_trickles_on_a_kept_alive_connection_is_stopped():
+    """The first call is answered at once (over keep-alive); the next one trickles. Its socket
+    must belong to its own deadline, or the thread reads on long after the call gave up."""
+    streams: list[web.StreamResponse] = []
+    ended = asyncio.Event()
+
+    async def jira(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/serverInfo"):
+            return web.json_response({"versionNumbers": [9, 12, 0], "version": "9.12.0",
+                                      "deploymentType": "Server", "serverTitle": "Jira"})
+        if request.path.endswith("/issue/OPS-1"):
+            return web.json_response({"key": "OPS-1", "fields": {"summary": "fast"}})
+        response = web.StreamResponse(headers={"Content-Type": "application/json",
+                                               "Content-Length": "100000"})
+        await response.prepare(request)
+        streams.append(response)
+        try:
+            while True:  # the hostile server's own pace: a byte a second
+                await response.write(b" ")
+                await asyncio.sleep(1.0)
+        except (ConnectionError, asyncio.CancelledError):
+            ended.set()
+            raise
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", jira)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    pool = IntegrationPool("jira", threads=2, per_workspace=1, deadline=DEADLINE)
+    client = JiraClient(DataCenterCredentials(url, "pat"), workspace=B.id, pool=pool,
+                        timeout=READ_TIMEOUT, resilience=Resilience(RetryPolicy(attempts=1)))
+    try:
+        assert (await client.get_issue("OPS-1")).summary == "fast"
+        with pytest.raises(JiraUnavailable, match="did not finish within"):
+            await client.search("project = OPS")
+        assert streams
+        assert pool.in_use(B.id) == 0
+        await asyncio.wait_for(ended.wait(), DEADLINE)  # the server saw the socket go
+    finally:
+        pool.close()
+        await runner.cleanup()
