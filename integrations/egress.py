@@ -75,7 +75,8 @@ def system_resolver(host: str, port: int) -> list[str]:
 def check_url(url: str) -> str:
     """``url`` when it is an http(s) URL with a host and without user information.
 
-    Raises :class:`EgressRefused` otherwise. No DNS look-up: see :meth:`EgressPolicy.resolve`.
+    Raises :class:`EgressRefused` otherwise. No DNS look-up: addresses are checked on every
+    connection (:meth:`EgressPolicy.connect`).
     """
     try:
         parts = urlsplit(url)
@@ -171,12 +172,6 @@ class EgressPolicy:
             if reason is not None:
                 raise EgressRefused(_explain(name, ip, reason))
         return found
-
-    def check(self, url: str) -> list[IPAddress]:
-        """:func:`check_url`, then :meth:`resolve` its host: the addresses it may use now.
-        Blocking (it resolves); raises as they do."""
-        parts = urlsplit(check_url(url))
-        return self.resolve(parts.hostname or "", parts.port or _default_port(parts.scheme))
 
     def connect(self, host: str, port: int, timeout: float | None = None,
                 socket_options: Iterable[tuple[Any, ...]] | None = None) -> socket.socket:

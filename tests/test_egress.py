@@ -10,13 +10,20 @@ the "internal" services the attacker aims at on 127.0.0.2, which stays refused.
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import ipaddress
 import sqlite3
+import ssl
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from cryptography import x509
 from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from agents.connections import ConnectionFailed, Connections, Defaults
 from bot.services import Services
@@ -324,3 +331,78 @@ def test_the_operators_urls_with_a_password_are_refused_at_start(variable):
         load_settings(_env_file=None, **env)
     assert f"{variable} must not hold a user name or password" in str(refused.value)
     assert "urlpass" not in str(refused.value)
+
+
+# -- the sessions any future user-supplied URL (pages, webhooks) gets -------------------------
+
+SESSIONS = ["requests_session", "niquests_session"]
+
+
+@pytest.mark.parametrize("factory", SESSIONS)
+async def test_each_session_refuses_a_redirect_inside(serve, internal, factory):
+    internal_url, hits = internal
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"{internal_url}/admin")
+
+    url = await serve(redirect)
+    session = getattr(EgressPolicy(allow=LOOPBACK_ALLOWED), factory)()
+    with pytest.raises(EgressRefused, match="`127.0.0.2` is an internal address"):
+        await asyncio.to_thread(session.get, url, timeout=5)
+    session.close()
+    assert hits == []
+
+
+def certificate(tmp_path, name: str) -> tuple[str, str]:
+    """A self-signed certificate for ``name``: (certificate file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+@pytest.mark.parametrize("factory", SESSIONS)
+async def test_a_pinned_connection_still_verifies_tls_on_the_host_name(tmp_path, factory):
+    """The TCP connection goes to the checked address; the certificate is still checked
+    against the name in the URL (and the name is sent as SNI)."""
+    served, key = certificate(tmp_path, "jira.pinned.test")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(served, key)
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    port = runner.addresses[0][1]
+    # Both names lead to the server; its certificate names only the first (no IP address).
+    policy = EgressPolicy(allow=LOOPBACK_ALLOWED, resolver=lambda host, port: ["127.0.0.1"])
+    try:
+        session = getattr(policy, factory)()
+        answer = await asyncio.to_thread(session.get, f"https://jira.pinned.test:{port}/",
+                                         verify=served, timeout=5)
+        assert answer.text == "hello"
+        session.close()
+        session = getattr(policy, factory)()
+        with pytest.raises(Exception) as failed:  # requests' and niquests' SSLError
+            await asyncio.to_thread(session.get, f"https://another-name.test:{port}/",
+                                    verify=served, timeout=5)
+        assert "another-name.test" in str(failed.value), repr(failed.value)
+        session.close()
+    finally:
+        await runner.cleanup()
