@@ -188,16 +188,22 @@ class IntegrationPool:
         except TimeoutError:
             if future.cancel():  # never started: every thread of the pool was busy
                 raise PoolBusy(self.per_workspace, limit.seconds) from None
-            limit.expire()
-            await asyncio.wait({waiter}, timeout=_RELEASE_GRACE)
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()  # what the shut socket made fn raise: replaced below
+            await _stop(limit, waiter)
             raise DeadlineExceeded(limit.seconds) from None
         except asyncio.CancelledError:
             if not future.cancel():
-                limit.expire()
+                await _stop(limit, waiter)
             raise
 
     def close(self) -> None:
         """Stop taking calls; running ones end at their deadlines."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def _stop(limit: Deadline, waiter: asyncio.Future) -> None:
+    """Shut the call's sockets and wait (briefly) for its thread to return, so that when the
+    caller hears of the end the thread and the share are free again."""
+    limit.expire()
+    await asyncio.wait({waiter}, timeout=_RELEASE_GRACE)
+    if waiter.done() and not waiter.cancelled():
+        waiter.exception()  # what the shut socket made the call raise: replaced by the caller

@@ -30,6 +30,7 @@ A, B = Tenant("T0AAAAAAA"), Tenant("T0BBBBBBB")
 SHARE = 2  # threads one workspace may hold
 DEADLINE = 3.0  # seconds; above the per-read timeout, which the trickle never trips
 READ_TIMEOUT = 2.0
+SHARE_DEFAULT = 4  # JAMONO_INTEGRATION_WORKSPACE_THREADS's default
 
 
 @pytest_asyncio.fixture
@@ -163,3 +164,33 @@ async def test_a_server_that_answers_then_trickles_on_a_kept_alive_connection_is
     finally:
         pool.close()
         await runner.cleanup()
+
+
+async def test_connect_attempts_to_a_trickling_server_leave_the_default_executor_free(
+        sqlite_url):
+    """Finding 3: six /nox-connect submissions pointing at a trickling server used to take
+    every thread of the loop's default executor, which also resolves names for Slack, the LLM
+    and the database. Now they wait in Jira's pool, inside the workspace's share."""
+    services = await Services.start(load_settings(
+        _env_file=None, DATABASE_URL=sqlite_url,
+        JAMONO_SECRET_KEY=Fernet.generate_key().decode()))
+    try:
+        async with TrickleServer(interval=1.0) as trickle:
+            attempts = [
+                asyncio.create_task(services.connections.connect(
+                    B, "jira", {"url": trickle.url, "pat": "p"}, "U1", test_timeout=60))
+                for _ in range(8)]
+            await trickle.wait_open(1)
+            loop = asyncio.get_running_loop()
+            # The default executor answers while every attempt is still stuck.
+            assert await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 10)
+            assert await asyncio.wait_for(loop.run_in_executor(None, sum, [1, 2]), 10) == 3
+            assert not any(attempt.done() for attempt in attempts)
+            assert services.connections.pools["jira"].in_use(B.id) <= SHARE_DEFAULT
+            for attempt in attempts:
+                attempt.cancel()
+            await asyncio.gather(*attempts, return_exceptions=True)
+            await asyncio.wait_for(trickle.wait_all_closed(), 10)
+            assert services.connections.pools["jira"].in_use(B.id) == 0
+    finally:
+        await services.close()
