@@ -10,6 +10,7 @@ executor (DNS for Slack, the LLM, database connections).
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 import pytest_asyncio
@@ -20,7 +21,7 @@ from agents.connections import Connections, Defaults
 from bot.services import Services
 from bot.settings import load_settings
 from integrations.jira import DataCenterCredentials, JiraClient, JiraUnavailable
-from integrations.pools import IntegrationPool, PoolLimits
+from integrations.pools import IntegrationPool, PoolBusy, PoolLimits
 from integrations.resilience import Resilience, RetryPolicy
 from storage.tenancy import Tenant
 from tests.fakes.jira import FakeJira
@@ -194,3 +195,21 @@ async def test_connect_attempts_to_a_trickling_server_leave_the_default_executor
             assert services.connections.pools["jira"].in_use(B.id) == 0
     finally:
         await services.close()
+
+
+async def test_a_workspace_waits_for_its_own_share_while_others_run():
+    pool = IntegrationPool("jira", threads=2, per_workspace=1, deadline=30)
+    release = threading.Event()
+    try:
+        # Tasks start in order: the first takes B's only thread, the second waits for it.
+        first = asyncio.create_task(pool.run(B.id, release.wait))
+        second = asyncio.create_task(pool.run(B.id, lambda: "second", deadline=0.2))
+        assert await pool.run(A.id, lambda: "a") == "a"  # A is not behind B
+        with pytest.raises(PoolBusy, match="1 calls of this workspace were already running"):
+            await second
+        release.set()
+        assert await first is True
+        assert pool.in_use(B.id) == 0
+    finally:
+        release.set()
+        pool.close()
