@@ -18,10 +18,10 @@ Stored settings (encrypted by the credentials repository), by integration:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 import structlog
 
@@ -57,6 +57,7 @@ Integration = Literal["jira", "calendar"]
 INTEGRATIONS: tuple[Integration, ...] = ("jira", "calendar")
 LABELS = {"jira": "Jira", "calendar": "Calendar"}
 _KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's kinds
+T = TypeVar("T")
 
 TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
 
@@ -254,12 +255,13 @@ class Connections:
 
         Raises IntegrationError when stored credentials cannot be decrypted."""
         stored = await self._stored(tenant, "jira")
-        return jira_credentials(stored) if stored else self.defaults.jira
+        return _usable("jira", jira_credentials, stored) if stored else self.defaults.jira
 
     async def caldav_credentials(self, tenant: Tenant) -> CalDAVCredentials | None:
         """The workspace's CalDAV credentials (stored, else the environment's), or ``None``."""
         stored = await self._stored(tenant, "calendar")
-        return caldav_credentials(stored) if stored else self.defaults.caldav
+        return (_usable("calendar", caldav_credentials, stored) if stored
+                else self.defaults.caldav)
 
     async def jira(self, tenant: Tenant) -> JiraClient:
         """The workspace's Jira client. Raises :class:`NotConnected` without credentials."""
@@ -390,6 +392,19 @@ class Connections:
         await CalDAVClient(credentials, timeout=within, pool=self.pools["calendar"],
                            egress=self.egress, workspace=tenant.id).check(deadline=within)
         return f"calendar '{credentials.calendar}' found"
+
+
+def _usable(integration: Integration, parse: Callable[[Mapping[str, str | None]], T],
+            stored: Mapping[str, str | None]) -> T:
+    """Stored settings as credentials; an IntegrationError when they no longer pass the rules
+    (e.g. a URL with a password, saved before such URLs were refused)."""
+    try:
+        return parse(stored)
+    except ConnectionFailed as exc:
+        reasons = " ".join(exc.errors.values())
+        raise IntegrationError(integration, (
+            f"The stored {LABELS[integration]} settings cannot be used: {reasons} A workspace "
+            f"admin can connect again with `/nox-connect {integration}`.")) from None
 
 
 def describe_credentials(credentials: JiraCredentials | CalDAVCredentials) -> str:

@@ -30,6 +30,7 @@ from bot.services import Services
 from bot.settings import SettingsError, load_settings
 from integrations.calendar import CalDAVClient, CalDAVCredentials, CalendarRejected
 from integrations.egress import EgressPolicy, EgressRefused, check_url, parse_networks
+from integrations.errors import IntegrationError
 from integrations.jira import CloudCredentials, JiraClient, JiraError, JiraRefused
 from integrations.resilience import Resilience, RetryPolicy
 from storage.tenancy import Tenant
@@ -319,6 +320,11 @@ async def test_a_url_with_a_password_saved_before_the_fix_is_never_shown(service
     shown = "\n".join(await services.connections.describe(TENANT))
     assert "cal.example.com/dav/" in shown
     assert "urlpass" not in shown and "bob" not in shown
+    with pytest.raises(IntegrationError) as refused:
+        await services.connections.calendar(TENANT)
+    assert "must not hold a user name or password" in str(refused.value)
+    assert "/nox-connect calendar" in str(refused.value)
+    assert "urlpass" not in str(refused.value)
 
 
 @pytest.mark.parametrize("variable", ["JIRA_URL", "CALDAV_URL"])
