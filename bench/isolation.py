@@ -99,7 +99,7 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=100, help="A's mentions per phase")
     parser.add_argument("--in-flight", type=int, default=4, help="A's mentions in flight")
     parser.add_argument("--flood-rate", type=float, default=10.0, help="B's mentions per second")
-    parser.add_argument("--deadline", type=float, default=5.0,
+    parser.add_argument("--deadline", type=float, default=2.0,
                         help="JAMONO_INTEGRATION_DEADLINE, seconds")
     args = parser.parse_args()
 
