@@ -29,7 +29,7 @@ from tests.fakes.trickle import TrickleServer
 
 A, B = Tenant("T0AAAAAAA"), Tenant("T0BBBBBBB")
 SHARE = 2  # threads one workspace may hold
-DEADLINE = 3.0  # seconds; above the per-read timeout, which the trickle never trips
+DEADLINE = 4.0  # seconds; above the per-read timeout, which the trickle never trips
 READ_TIMEOUT = 2.0
 SHARE_DEFAULT = 4  # JAMONO_INTEGRATION_WORKSPACE_THREADS's default
 
