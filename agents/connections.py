@@ -4,8 +4,12 @@
 change saved by ``/nox-connect`` takes effect at once: it keeps one client per workspace and
 drops it when the credentials differ from the ones it was built with. Every call goes through
 the process's :class:`~integrations.resilience.Resilience` (retries, one circuit per
-(workspace, integration)). It also tests and saves new credentials (``/nox-connect`` and
-``jamono connect``) and reports each integration's health for ``/nox-status``.
+(workspace, integration)), runs in the integration's bounded thread pool under the
+workspace's share (:mod:`integrations.pools`), and connects only where the process's
+:class:`~integrations.egress.EgressPolicy` allows — on every request, so stored credentials
+are re-checked each time they are used, not only when they were saved. It also tests and
+saves new credentials (``/nox-connect`` and ``jamono connect``) and reports each
+integration's health for ``/nox-status``.
 
 Stored settings (encrypted by the credentials repository), by integration:
 ``jira`` — ``{"url", "email", "api_token"}`` (Cloud) or ``{"url", "pat"}`` (Data Center);
@@ -14,13 +18,10 @@ Stored settings (encrypted by the credentials repository), by integration:
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Literal, TypeVar
 
 import structlog
 
@@ -34,6 +35,7 @@ from integrations.calendar import (
     CalendarUnavailable,
     StoredEvent,
 )
+from integrations.egress import EgressPolicy, EgressRefused, check_url, describe_url
 from integrations.errors import IntegrationError
 from integrations.jira import (
     CloudCredentials,
@@ -43,6 +45,7 @@ from integrations.jira import (
     JiraCredentials,
     JiraUnavailable,
 )
+from integrations.pools import IntegrationPool, PoolLimits
 from integrations.resilience import Health, Resilience
 from storage.repositories.credentials import CredentialRepository, MissingSecretKey
 from storage.secrets import SecretsError, mask
@@ -54,6 +57,7 @@ Integration = Literal["jira", "calendar"]
 INTEGRATIONS: tuple[Integration, ...] = ("jira", "calendar")
 LABELS = {"jira": "Jira", "calendar": "Calendar"}
 _KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's kinds
+T = TypeVar("T")
 
 TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
 
@@ -103,6 +107,8 @@ def jira_credentials(fields: Mapping[str, str | None]) -> JiraCredentials:
     errors = {}
     if not url.startswith(("http://", "https://")):
         errors["url"] = "Give the Jira site's address, such as https://acme.atlassian.net"
+    elif (refused := _url_refusal(url)) is not None:
+        errors["url"] = refused
     if pat and (email or token):
         errors["pat"] = ("Give either an email and API token (Jira Cloud) or a personal access "
                          "token (Data Center), not both.")
@@ -120,13 +126,27 @@ def jira_credentials(fields: Mapping[str, str | None]) -> JiraCredentials:
 def caldav_credentials(fields: Mapping[str, str | None]) -> CalDAVCredentials:
     """Credentials from ``url``, ``username``, ``password`` and ``calendar``.
 
-    Raises :class:`ConnectionFailed` on a non-http(s) URL or an empty calendar name."""
-    calendar = _text(fields, "calendar")
+    Raises :class:`ConnectionFailed` on a non-http(s) URL, a URL holding a user name or
+    password, or an empty calendar name."""
+    calendar, url = _text(fields, "calendar"), _text(fields, "url")
     try:
-        return CalDAVCredentials(_text(fields, "url"), _text(fields, "username"),
-                                 _text(fields, "password"), calendar)
+        credentials = CalDAVCredentials(url, _text(fields, "username"),
+                                        _text(fields, "password"), calendar)
     except ValueError as exc:
         raise ConnectionFailed({"calendar" if not calendar else "url": str(exc)}) from None
+    if (refused := _url_refusal(url)) is not None:
+        raise ConnectionFailed({"url": refused})
+    return credentials
+
+
+def _url_refusal(url: str) -> str | None:
+    """Why ``url`` cannot be used (e.g. it holds ``user:password@``, which would be stored
+    and shown in clear), or ``None``."""
+    try:
+        check_url(url)
+    except EgressRefused as exc:
+        return f"{str(exc)[0].upper()}{str(exc)[1:]}."
+    return None
 
 
 def _jira_settings(credentials: JiraCredentials) -> dict[str, str]:
@@ -143,23 +163,6 @@ def _caldav_settings(credentials: CalDAVCredentials) -> dict[str, str]:
 
 def _text(fields: Mapping[str, str | None], name: str) -> str:
     return (fields.get(name) or "").strip()
-
-
-async def _refuse_internal_hosts(url: str) -> None:
-    """Raise :class:`ConnectionFailed` when ``url``'s host resolves to a loopback, private,
-    link-local or otherwise non-public address (or does not resolve)."""
-    host = urlsplit(url).hostname or ""
-    try:
-        found = await asyncio.get_running_loop().getaddrinfo(host, None)
-    except OSError:
-        raise ConnectionFailed({"url": f"`{host}` does not resolve; check the URL"}) from None
-    for *_, address in found:
-        ip = ipaddress.ip_address(address[0])
-        if not ip.is_global:
-            raise ConnectionFailed({"url": (
-                f"`{host}` is an internal address ({ip}); this deployment serves many "
-                "workspaces and connects only to servers on the public internet"
-            )})
 
 
 def explain(exc: IntegrationError) -> str:
@@ -198,23 +201,34 @@ class WorkspaceCalendar:
 class Connections:
     """Per-workspace integration clients, their health, and connecting new credentials.
 
-    ``timeout`` (seconds) bounds each HTTP request to Jira and each CalDAV call;
+    ``timeout`` (seconds) bounds each socket operation of a Jira or CalDAV request;
     ``can_store`` says whether a secret key is configured (credentials can be saved).
+    ``egress`` decides which addresses may be reached: with many workspaces their admins are
+    outside parties, so the process passes a policy refusing private addresses (the default
+    here trusts the URLs, as for the operator's own single workspace). ``limits`` sizes the
+    Jira and calendar thread pools; :meth:`close` stops them.
     """
 
     def __init__(self, credentials: CredentialRepository, resilience: Resilience, *,
                  defaults: Defaults, timeout: float, can_store: bool,
-                 public_hosts_only: bool = False) -> None:
+                 egress: EgressPolicy | None = None,
+                 limits: PoolLimits | None = None) -> None:
         self._credentials = credentials
         self.resilience = resilience
         self.defaults = defaults
         self.timeout = timeout
         self.can_store = can_store
-        # With many workspaces, their admins are outside parties: a URL they give must not
-        # make this server reach its own network (loopback, private ranges, cloud metadata).
-        self.public_hosts_only = public_hosts_only
+        self.egress = egress or EgressPolicy(allow_private=True)
+        limits = limits or PoolLimits()
+        self.pools: dict[Integration, IntegrationPool] = {
+            integration: limits.pool(integration) for integration in INTEGRATIONS}
         self._jira: dict[str, JiraClient] = {}
         self._calendars: dict[str, WorkspaceCalendar] = {}
+
+    def close(self) -> None:
+        """Stop the thread pools (running calls end at their deadlines)."""
+        for pool in self.pools.values():
+            pool.close()
 
     # -- resolving ----------------------------------------------------------------------------
 
@@ -241,12 +255,13 @@ class Connections:
 
         Raises IntegrationError when stored credentials cannot be decrypted."""
         stored = await self._stored(tenant, "jira")
-        return jira_credentials(stored) if stored else self.defaults.jira
+        return _usable("jira", jira_credentials, stored) if stored else self.defaults.jira
 
     async def caldav_credentials(self, tenant: Tenant) -> CalDAVCredentials | None:
         """The workspace's CalDAV credentials (stored, else the environment's), or ``None``."""
         stored = await self._stored(tenant, "calendar")
-        return caldav_credentials(stored) if stored else self.defaults.caldav
+        return (_usable("calendar", caldav_credentials, stored) if stored
+                else self.defaults.caldav)
 
     async def jira(self, tenant: Tenant) -> JiraClient:
         """The workspace's Jira client. Raises :class:`NotConnected` without credentials."""
@@ -256,7 +271,8 @@ class Connections:
         client = self._jira.get(tenant.id)
         if client is None or client.credentials != credentials:
             client = JiraClient(credentials, resilience=self.resilience, workspace=tenant.id,
-                                timeout=self.timeout)
+                                timeout=self.timeout, pool=self.pools["jira"],
+                                egress=self.egress)
             self._jira[tenant.id] = client
         return client
 
@@ -267,7 +283,9 @@ class Connections:
             return None
         calendar = self._calendars.get(tenant.id)
         if calendar is None or calendar.credentials != credentials:
-            client = CalDAVClient(credentials, timeout=self.timeout)
+            client = CalDAVClient(credentials, timeout=self.timeout,
+                                  pool=self.pools["calendar"], egress=self.egress,
+                                  workspace=tenant.id)
             calendar = WorkspaceCalendar(credentials, client, self.resilience, tenant.id)
             self._calendars[tenant.id] = calendar
         return calendar
@@ -291,7 +309,7 @@ class Connections:
         if known.state == "circuit open":
             return known
         try:
-            await self._test(integration, credentials, self.timeout)
+            await self._test(tenant, integration, credentials, self.timeout)
         except IntegrationError as exc:
             return Health("failing", str(exc))
         return Health("ok")
@@ -311,10 +329,8 @@ class Connections:
             raise ConnectionFailed({"url": SECRET_KEY_HINT})
         credentials = (jira_credentials(fields) if integration == "jira"
                        else caldav_credentials(fields))
-        if self.public_hosts_only:
-            await _refuse_internal_hosts(credentials.url)
         try:
-            found = await self._test(integration, credentials, test_timeout)
+            found = await self._test(tenant, integration, credentials, test_timeout)
         except IntegrationError as exc:
             raise ConnectionFailed(_field_errors(credentials, exc)) from None
         if integration == "jira":
@@ -350,7 +366,9 @@ class Connections:
             if info is not None:
                 who = f" by <@{info.updated_by}>" if info.updated_by else ""
                 account = f" as {info.account}" if info.account else ""
-                lines.append(f"{LABELS[integration]}: {info.url}{account} (secret ••••; saved "
+                # describe_url: rows saved before user information in URLs was refused.
+                lines.append(f"{LABELS[integration]}: {describe_url(info.url)}{account} "
+                             "(secret ••••; saved "
                              f"{info.updated_at:%Y-%m-%d %H:%M} UTC{who})")
             elif default is not None:
                 lines.append(f"{LABELS[integration]}: {describe_credentials(default)} "
@@ -360,22 +378,33 @@ class Connections:
                              f"`/nox-connect {integration}`")
         return lines
 
-    async def _test(self, integration: Integration,
+    async def _test(self, tenant: Tenant, integration: Integration,
                     credentials: JiraCredentials | CalDAVCredentials, within: float) -> str:
-        """One attempt, outside the circuit; returns what was found. Raises IntegrationError."""
-        try:
-            if integration == "jira":
-                check = await asyncio.wait_for(
-                    JiraClient(credentials, resilience=self.resilience, timeout=within).check(),
-                    within)
-                return f"{check.server_title} {check.version} ({check.deployment}), " \
-                       f"signed in as {check.user}"
-            await asyncio.wait_for(CalDAVClient(credentials, timeout=within).check(), within)
-            return f"calendar '{credentials.calendar}' found"
-        except TimeoutError:
-            server = credentials.url if integration == "jira" else credentials.server
-            error = JiraUnavailable if integration == "jira" else CalendarUnavailable
-            raise error(f"{server} did not answer within {within:g} s") from None
+        """One attempt, outside the circuit, in the workspace's share of the pool and under
+        the egress policy, stopped after ``within`` seconds; returns what was found. Raises
+        IntegrationError."""
+        if integration == "jira":
+            check = await JiraClient(credentials, resilience=self.resilience, timeout=within,
+                                     workspace=tenant.id, pool=self.pools["jira"],
+                                     egress=self.egress).check(deadline=within)
+            return f"{check.server_title} {check.version} ({check.deployment}), " \
+                   f"signed in as {check.user}"
+        await CalDAVClient(credentials, timeout=within, pool=self.pools["calendar"],
+                           egress=self.egress, workspace=tenant.id).check(deadline=within)
+        return f"calendar '{credentials.calendar}' found"
+
+
+def _usable(integration: Integration, parse: Callable[[Mapping[str, str | None]], T],
+            stored: Mapping[str, str | None]) -> T:
+    """Stored settings as credentials; an IntegrationError when they no longer pass the rules
+    (e.g. a URL with a password, saved before such URLs were refused)."""
+    try:
+        return parse(stored)
+    except ConnectionFailed as exc:
+        reasons = " ".join(exc.errors.values())
+        raise IntegrationError(integration, (
+            f"The stored {LABELS[integration]} settings cannot be used: {reasons} A workspace "
+            f"admin can connect again with `/nox-connect {integration}`.")) from None
 
 
 def describe_credentials(credentials: JiraCredentials | CalDAVCredentials) -> str:

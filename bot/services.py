@@ -125,8 +125,10 @@ class Services:
             defaults=integration_defaults(settings),
             timeout=settings.integration_timeout,
             can_store=settings.secret_key is not None,
-            public_hosts_only=settings.oauth_enabled,
+            egress=settings.egress_policy,
+            limits=settings.pool_limits,
         )
+        resources.callback(connections.close)
         for integration in INTEGRATIONS:
             status.register_workspace_check(integration, _health(connections, integration))
         if cross_session is not None:

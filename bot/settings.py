@@ -6,11 +6,14 @@ Values come from the environment, then from a ``.env`` file in the working direc
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.logs import Redactor
+from integrations.egress import EgressPolicy, parse_networks
+from integrations.pools import PoolLimits
 from storage.db import async_url
 from storage.secrets import SecretBox, parse_keys
 
@@ -62,6 +65,40 @@ class Settings(BaseSettings):
     integration_timeout: float = Field(
         10.0, gt=0, validation_alias=AliasChoices("JAMONO_INTEGRATION_TIMEOUT")
     )
+
+    # Outbound guard and fair shares (issue 10): which addresses user-supplied URLs may reach,
+    # and each integration's thread pool (threads per integration, per workspace, and the
+    # overall deadline in seconds of one outside call, waiting for a thread included).
+    egress_allow: str = Field("", validation_alias=AliasChoices("JAMONO_EGRESS_ALLOW"))
+    integration_threads: int = Field(
+        16, ge=1, le=256, validation_alias=AliasChoices("JAMONO_INTEGRATION_THREADS")
+    )
+    integration_workspace_threads: int = Field(
+        4, ge=1, le=256, validation_alias=AliasChoices("JAMONO_INTEGRATION_WORKSPACE_THREADS")
+    )
+    integration_deadline: float = Field(
+        20.0, gt=0, validation_alias=AliasChoices("JAMONO_INTEGRATION_DEADLINE")
+    )
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow(cls, value: str) -> str:
+        parse_networks(value)  # raises ValueError naming the entry
+        return value
+
+    @property
+    def egress_policy(self) -> EgressPolicy:
+        """With OAuth install every workspace is an outside party: private addresses are
+        refused; one workspace (the operator's) may reach them. ``JAMONO_EGRESS_ALLOW``
+        (comma-separated networks) opens what the operator chooses in either case."""
+        return EgressPolicy(allow_private=not self.oauth_enabled,
+                            allow=parse_networks(self.egress_allow))
+
+    @property
+    def pool_limits(self) -> PoolLimits:
+        return PoolLimits(threads=self.integration_threads,
+                          per_workspace=self.integration_workspace_threads,
+                          deadline=self.integration_deadline)
 
     # Cross-session gateway (GET /ws); on when a token key is set
     gateway_secret: SecretStr | None = Field(
@@ -292,6 +329,10 @@ class Settings(BaseSettings):
             problems.append("CALDAV_URL needs CALDAV_CALENDAR (the calendar's name)")
         if not self.caldav_url and any(caldav):
             problems.append("CALDAV_USERNAME, CALDAV_PASSWORD and CALDAV_CALENDAR need CALDAV_URL")
+        for name, url in (("JIRA_URL", self.jira_url), ("CALDAV_URL", self.caldav_url)):
+            if url and "@" in urlsplit(url).netloc:
+                problems.append(f"{name} must not hold a user name or password: set them in "
+                                "their own variables")
         if self.oauth_enabled and (self.jira_url or self.caldav_url):
             # Defaults would hand one Jira or calendar to every workspace that installs.
             problems.append(

@@ -1,21 +1,23 @@
 """Async Jira client (Cloud and Data Center) over the pycontribs ``jira`` library.
 
-The library is blocking, so each call runs in ``asyncio.to_thread``. Its own retries are off
-(``max_retries=0``): :mod:`integrations.resilience` is the single retry layer, and every HTTP
-request has a timeout. REST facts (Jira REST API v2): Cloud search goes to
+The library is blocking, so each call runs in the Jira :class:`~integrations.pools.IntegrationPool`
+(the workspace's share of it, under an overall deadline). Every connection, redirects included,
+goes through the :class:`~integrations.egress.EgressPolicy` (checked address pinned). Its own
+retries are off (``max_retries=0``): :mod:`integrations.resilience` is the single retry layer,
+and every HTTP request has a timeout. REST facts (Jira REST API v2): Cloud search goes to
 ``GET /rest/api/2/search/jql`` (the library picks it from ``serverInfo``'s ``deploymentType``),
 Data Center to ``/rest/api/2/search``; auth is HTTP Basic (email, API token) on Cloud and
 ``Authorization: Bearer <personal access token>`` on Data Center.
 
 Every failure is a :class:`JiraError` (an :class:`~integrations.errors.IntegrationError`) with
-a message fit for a Slack user; no message ever holds a credential.
+a message fit for a Slack user; no message ever holds a credential, nor the body of an answer
+that is not Jira's JSON (a redirect may lead anywhere).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -25,7 +27,9 @@ import requests
 from jira import JIRA, JIRAError
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
+from integrations.egress import EgressPolicy, EgressRefused
 from integrations.errors import IntegrationError
+from integrations.pools import DeadlineExceeded, IntegrationPool, PoolBusy
 from integrations.resilience import Failure, Resilience
 
 INTEGRATION = "jira"
@@ -86,6 +90,10 @@ class JiraAuthError(JiraError):
 
 class NotJiraError(JiraError):
     """The URL does not answer like a Jira site (no JSON ``serverInfo``)."""
+
+
+class JiraRefused(JiraError):
+    """The egress policy refused the address the URL (or a redirect) leads to."""
 
 
 class JiraRequestError(JiraError):
@@ -189,45 +197,87 @@ class TransitionResult:
 class JiraClient:
     """Jira operations for one workspace's credentials.
 
-    ``timeout`` (seconds) bounds every HTTP request to Jira. ``resilience`` (shared per
-    process, so circuits outlive clients) retries and breaks circuits per
-    (``workspace``, ``"jira"``). All methods raise :class:`JiraError` subclasses, or
-    :class:`~integrations.resilience.CircuitOpenError` while Jira's circuit is open.
+    ``timeout`` (seconds) bounds each socket operation of an HTTP request to Jira.
+    ``resilience`` (shared per process, so circuits outlive clients) retries and breaks
+    circuits per (``workspace``, ``"jira"``). ``pool`` (shared per process) runs the blocking
+    calls under the workspace's share and each call's overall deadline; ``egress`` checks and
+    pins every connection. Built alone, a client trusts its caller's URL (private addresses
+    allowed) and has a small pool of its own. All methods raise :class:`JiraError` subclasses,
+    or :class:`~integrations.resilience.CircuitOpenError` while Jira's circuit is open.
     """
 
     def __init__(self, credentials: JiraCredentials, *, resilience: Resilience | None = None,
-                 workspace: str = "default", timeout: float = 10.0) -> None:
+                 workspace: str = "default", timeout: float = 10.0,
+                 pool: IntegrationPool | None = None,
+                 egress: EgressPolicy | None = None) -> None:
         self.credentials = credentials
         self.url = credentials.url
         self.workspace = workspace
         self.timeout = timeout
         self._resilience = resilience or Resilience()
-        self._jira: JIRA | None = None
-        self._lock = threading.Lock()
+        self._pool = pool or IntegrationPool(INTEGRATION, threads=4, per_workspace=4,
+                                             deadline=3 * timeout)
+        self._egress = egress or EgressPolicy(allow_private=True)
+        # What earlier calls learnt, handed to each call's library client: serverInfo's
+        # (versionNumbers, deploymentType) and the field list (JQL name → REST id).
+        self._server: tuple[tuple[int, ...], str | None] | None = None
+        self._fields: dict[str, str] = {}
 
     # -- plumbing -----------------------------------------------------------------------------
 
     def _connect(self, get_server_info: bool = True) -> JIRA:
-        """A library client. With ``get_server_info`` its constructor reads ``serverInfo``
-        (one HTTP request), which tells the library Cloud from Data Center."""
+        """A library client whose session connects through the egress policy. With
+        ``get_server_info`` it reads ``serverInfo`` (one HTTP request), which tells the library
+        Cloud from Data Center."""
         auth: dict[str, Any] = (
             {"basic_auth": (self.credentials.email, self.credentials.api_token)}
             if isinstance(self.credentials, CloudCredentials)
             else {"token_auth": self.credentials.personal_access_token}
         )
+        # Built without a request, so the session is pinned before the first one: the library
+        # takes no session of ours and its constructor would otherwise read serverInfo itself.
+        jira = JIRA(server=self.url, max_retries=0, timeout=self.timeout, logging=False,
+                    get_server_info=False, options={"check_update": False}, **auth)
+        self._egress.pin(jira._session)
+        if not get_server_info:
+            return jira
         try:
-            return JIRA(server=self.url, max_retries=0, timeout=self.timeout, logging=False,
-                        get_server_info=get_server_info, options={"check_update": False}, **auth)
+            info = jira.server_info()
+            # What the constructor would have set from the same answer.
+            jira._version = tuple(info["versionNumbers"])
+            jira.deploymentType = info.get("deploymentType")
+            return jira
         except (ValueError, KeyError, TypeError) as exc:
+            jira.close()
             raise self._not_jira() from exc
         except JIRAError as exc:
+            jira.close()
             raise _unless_not_jira(exc, self._not_jira()) from None
+        except BaseException:
+            jira.close()
+            raise
 
-    def _library(self) -> JIRA:
-        with self._lock:
-            if self._jira is None:
-                self._jira = self._connect()
-            return self._jira
+    def _with_library(self, work: Callable[[JIRA], T]) -> T:
+        """Run ``work`` with a library client of its own, closed afterwards.
+
+        One client per call, so every socket a call uses is opened within it and belongs to
+        its deadline (a kept-alive connection from an earlier call would not be, and a server
+        could trickle its next answer on it). What the library learns once — serverInfo and
+        the field list — carries over from call to call; the library has no public way to
+        hand them over, hence its private attributes.
+        """
+        if self._server is None:
+            jira = self._connect()
+            self._server = (jira._version, jira.deploymentType)
+        else:
+            jira = self._connect(get_server_info=False)
+            jira._version, jira.deploymentType = self._server
+        jira._fields_cache_value = self._fields
+        try:
+            return work(jira)
+        finally:
+            self._fields = jira._fields_cache_value
+            jira.close()
 
     def _not_jira(self) -> NotJiraError:
         return NotJiraError(f"{self.url} does not look like a Jira site: it has no Jira REST "
@@ -241,14 +291,32 @@ class JiraClient:
             raise self._from_status(action, exc) from None
         except requests.RequestException as exc:
             raise self._from_transport(exc) from None
+        except EgressRefused as exc:
+            raise JiraRefused(f"Jira at {self.url} was not contacted: {exc}.") from None
         except ValueError as exc:  # a 2xx body that is not JSON: not Jira's REST API
             raise self._not_jira() from exc
+
+    async def _in_pool(self, action: str, work: Callable[[], T], *,
+                       deadline: float | None = None) -> T:
+        """Run blocking ``work`` in the pool, translated; the pool's refusals as JiraErrors."""
+        try:
+            return await self._pool.run(self.workspace,
+                                        lambda: self._translated(action, work),
+                                        deadline=deadline)
+        except DeadlineExceeded as exc:
+            raise JiraUnavailable(
+                f"Jira at {self.url} did not finish within {exc.seconds:g} s, so the call was "
+                "stopped.", failure=Failure(transient=True)) from None
+        except PoolBusy as exc:
+            # Our own limit, not Jira's health: neither retried nor counted against Jira.
+            raise JiraUnavailable(
+                f"Jira is busy for this workspace: {exc.share} calls to {self.url} are already "
+                "running. Try again in a minute.", failure=Failure(caller_fault=True)) from None
 
     async def _call(self, action: str, work: Callable[[JIRA], T], *,
                     idempotent: bool = True) -> T:
         async def attempt() -> T:
-            return await asyncio.to_thread(self._translated, action,
-                                           lambda: work(self._library()))
+            return await self._in_pool(action, lambda: self._with_library(work))
 
         return await self._resilience.call(self.workspace, INTEGRATION, attempt,
                                            classify=classify, idempotent=idempotent)
@@ -310,15 +378,20 @@ class JiraClient:
 
     # -- operations ---------------------------------------------------------------------------
 
-    async def check(self) -> ServerCheck:
+    async def check(self, deadline: float | None = None) -> ServerCheck:
         """Test the credentials: ``GET serverInfo`` then ``GET myself``.
 
         One attempt, outside the retry policy and the circuit: it judges credentials before
-        they are saved. Raises :class:`JiraUnavailable` (unreachable, timeout, 5xx),
-        :class:`NotJiraError` (no Jira REST API at the URL) or :class:`JiraAuthError` (401/403).
+        they are saved. ``deadline`` (seconds) overrides the pool's. Raises
+        :class:`JiraUnavailable` (unreachable, timeout, deadline, 5xx), :class:`JiraRefused`
+        (the egress policy refused the address), :class:`NotJiraError` (no Jira REST API at
+        the URL) or :class:`JiraAuthError` (401/403).
         """
         def work() -> ServerCheck:
-            jira = self._connect(get_server_info=False)
+            with closing(self._connect(get_server_info=False)) as jira:
+                return read(jira)
+
+        def read(jira: JIRA) -> ServerCheck:
             try:
                 info = jira.server_info()
             except JIRAError as exc:
@@ -334,7 +407,7 @@ class JiraClient:
                 user_email=me.get("emailAddress"),
             )
 
-        return await asyncio.to_thread(self._translated, "read the server information", work)
+        return await self._in_pool("read the server information", work, deadline=deadline)
 
     async def search(self, jql: str, limit: int = 20) -> SearchResult:
         """Issues matching ``jql``, at most ``limit`` (1–100), in Jira's order."""
@@ -464,7 +537,11 @@ def _display_name(user: dict[str, Any] | None) -> str | None:
 
 
 def _reasons(exc: JIRAError) -> str:
-    """Jira's ``errorMessages`` and ``errors`` (``field: reason``), without headers."""
+    """Jira's ``errorMessages`` and ``errors`` (``field: reason``), without headers.
+
+    Only from Jira's JSON error shape: any other body is never repeated (a URL or a redirect
+    may lead to a server that is not Jira, whose page is none of the user's business); then
+    only the kind of answer is named."""
     response = exc.response
     try:
         body = response.json() if response is not None else None
@@ -476,9 +553,11 @@ def _reasons(exc: JIRAError) -> str:
         if isinstance(errors, dict):
             messages += [f"{name}: {reason}" for name, reason in errors.items()]
         if messages:
-            return "; ".join(messages)
-    text = (exc.text or "").strip()
-    return text[:300] if text and not text.startswith("<") else ""
+            return "; ".join(messages)[:300]
+    if response is None or not response.content:
+        return ""
+    kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "untyped"
+    return f"the answer was not Jira's JSON ({kind}, {len(response.content)} bytes)"
 
 
 def _retry_after(exc: JIRAError) -> float | None:

@@ -1,15 +1,18 @@
 """A CalDAV client (RFC 4791) for one named calendar, over the ``caldav`` library.
 
-``caldav`` blocks, so every call runs in a worker thread (``asyncio.to_thread``) under a
-timeout. Each call opens its own connection: calls are rare (a person approves each write)
-and nothing is shared between threads. Failures come out as the classes in
+``caldav`` blocks, so every call runs in the calendar
+:class:`~integrations.pools.IntegrationPool` (the workspace's share of it, under an overall
+deadline). Each call opens its own connection: calls are rare (a person approves each write)
+and nothing is shared between threads. ``caldav`` speaks HTTP through niquests here; its
+session is replaced by one from the :class:`~integrations.egress.EgressPolicy`, so every
+connection — the configured URL and every principal, calendar-home and calendar URL the server
+hands back, redirects included — is checked and pinned. Failures come out as the classes in
 :mod:`integrations.calendar.errors`; this client never retries — a retry policy wraps it and
 retries :class:`CalendarUnavailable` only.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -30,6 +33,8 @@ from integrations.calendar.errors import (
     CalendarUnavailable,
 )
 from integrations.calendar.ics import Person
+from integrations.egress import EgressPolicy, EgressRefused
+from integrations.pools import DeadlineExceeded, IntegrationPool, PoolBusy
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +49,9 @@ class CalDAVCredentials:
     calendar's display name (its last URL segment also matches). The password never appears
     in ``repr``.
 
-    Raises ValueError when the URL is not an http(s) URL or the calendar name is empty.
+    Raises ValueError when the URL is not an http(s) URL or the calendar name is empty. A
+    URL holding ``user:password@`` is refused where credentials enter (see
+    :func:`integrations.egress.check_url`); :attr:`server` never shows one.
     """
 
     url: str
@@ -98,19 +105,30 @@ class CalendarEvent:
 class CalDAVClient:
     """One calendar on one CalDAV server.
 
-    ``timeout`` (seconds) bounds each public call and each HTTP request inside it.
+    ``timeout`` (seconds) bounds each socket operation of each HTTP request. ``pool`` (shared
+    per process) runs the calls under ``workspace``'s share and each call's overall deadline;
+    ``egress`` checks and pins every connection. Built alone, a client trusts its caller's URL
+    (private addresses allowed) and has a small pool of its own whose deadline is ``timeout``.
     """
 
-    def __init__(self, credentials: CalDAVCredentials, *, timeout: float = 20.0) -> None:
+    def __init__(self, credentials: CalDAVCredentials, *, timeout: float = 20.0,
+                 pool: IntegrationPool | None = None, egress: EgressPolicy | None = None,
+                 workspace: str = "default") -> None:
         if timeout <= 0:
             raise ValueError("the timeout must be positive")
         self._credentials = credentials
         self._timeout = timeout
+        self._pool = pool or IntegrationPool("calendar", threads=4, per_workspace=4,
+                                             deadline=timeout)
+        self._egress = egress or EgressPolicy(allow_private=True)
+        self._workspace = workspace
 
-    async def check(self) -> str:
+    async def check(self, deadline: float | None = None) -> str:
         """Log in, find the principal, then the calendar; return the calendar's URL.
 
-        Raises CalendarUnavailable (unreachable, timeout, 5xx), CalendarAuthError (401/403),
+        ``deadline`` (seconds) overrides the pool's. Raises CalendarUnavailable (unreachable,
+        timeout, deadline, busy, 5xx), CalendarRejected (the egress policy refused an address),
+        CalendarAuthError (401/403),
         CalendarNotFound (no such calendar, ``available`` listing the existing ones; or the URL
         is not a CalDAV server: its OPTIONS answer lacks ``calendar-access`` in the DAV header,
         RFC 4791 §5.1).
@@ -125,7 +143,7 @@ class CalDAVClient:
                 )
             return str(self._calendar(client).url)
 
-        return await self._call("check", check)
+        return await self._call("check", check, deadline)
 
     async def store_event(self, store_ics: bytes) -> StoredEvent:
         """Store one event (a VCALENDAR without METHOD, RFC 4791 §4.1) in the calendar.
@@ -172,14 +190,15 @@ class CalDAVClient:
         events.sort(key=lambda event: event.start)
         return events[:limit]
 
-    async def _call(self, action: str, operation: Callable[[DAVClient], T]) -> T:
+    async def _call(self, action: str, operation: Callable[[DAVClient], T],
+                    deadline: float | None = None) -> T:
         def run() -> T:
             with self._connect() as client:
                 return operation(client)
 
         server = self._credentials.server
         try:
-            return await asyncio.wait_for(asyncio.to_thread(run), self._timeout)
+            return await self._pool.run(self._workspace, run, deadline=deadline)
         except Exception as exc:
             failure = _translate(exc, server, self._timeout)
             log.warning(
@@ -193,7 +212,7 @@ class CalDAVClient:
 
     def _connect(self) -> DAVClient:
         credentials = self._credentials
-        return DAVClient(
+        client = DAVClient(
             url=credentials.url,
             username=credentials.username or None,
             password=credentials.password or None,
@@ -201,6 +220,10 @@ class CalDAVClient:
             enable_rfc6764=False,
             rate_limit_handle=False,
         )
+        # DAVClient builds its own session (no connection yet) and takes none of ours.
+        client.session.close()
+        client.session = self._egress.niquests_session()
+        return client
 
     def _calendar(self, client: DAVClient):
         wanted = self._credentials.calendar.strip()
@@ -267,6 +290,18 @@ def _translate(exc: Exception, server: str, timeout: float) -> CalendarError:
     """Map a ``caldav`` or HTTP library failure to a readable, classifiable CalendarError."""
     if isinstance(exc, CalendarError):
         return exc
+    if isinstance(exc, EgressRefused):
+        return CalendarRejected(f"the CalDAV server at {server} was not contacted: {exc}")
+    if isinstance(exc, DeadlineExceeded):
+        return CalendarUnavailable(
+            f"the CalDAV server at {server} did not answer within {exc.seconds:g} s, so the "
+            "call was stopped"
+        )
+    if isinstance(exc, PoolBusy):
+        return CalendarUnavailable(
+            f"the calendar is busy for this workspace: {exc.share} calls to {server} are "
+            "already running; try again in a minute"
+        )
     if isinstance(exc, TimeoutError):
         return CalendarUnavailable(
             f"the CalDAV server at {server} did not answer within {timeout:g} s"
