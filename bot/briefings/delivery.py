@@ -168,16 +168,28 @@ class Briefings:
         return None
 
     async def compose(
-        self, briefing: Briefing, moment: datetime, footer: str | None = None
+        self,
+        briefing: Briefing,
+        moment: datetime,
+        footer: str | None = None,
+        *,
+        shows_channel: bool = True,
     ) -> Reply:
         """The briefing as it would be posted for a run at ``moment`` (nothing is recorded);
-        ``footer`` replaces the line naming the briefing and how to pause it."""
+        ``footer`` replaces the line naming the briefing and how to pause it.
+
+        ``shows_channel=False`` is for a reader who may not see the briefing's channel (a
+        preview asked for elsewhere): its approvals and activity are left out and say where
+        they can be seen.
+        """
         tenant = briefing.tenant
         config = await self._shared.get(
             (tenant.id, "config", moment), lambda: self.repos.config.load(tenant)
         )
         persona = personas.effective(briefing.persona, config)
-        context = BriefingContext(briefing, persona, moment)
+        context = BriefingContext(
+            briefing, persona, moment, briefing.channel_id if shows_channel else None
+        )
         specs = [parse_section(item) for item in briefing.sections]
         sections = await self.sources.gather(context, specs)
         opening = await self._opening(tenant, persona, sections)

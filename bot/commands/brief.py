@@ -12,6 +12,11 @@
 
 Removing, pausing, resuming and posting at once are for the briefing's creator and the
 workspace's admins.
+
+Who sees what (README, "Briefings"): ``list`` shows the briefings of the channel it is typed
+in and the requester's own (admins see all of them); a briefing's approvals and activity are
+those of its channel, and a preview shows them only when typed in that channel, whose members
+are the briefing's readers. The CLI and the console are the operator's and see everything.
 """
 
 from __future__ import annotations
@@ -66,11 +71,25 @@ async def run(invocation: Invocation) -> Reply:
 
 
 async def _list(invocation: Invocation) -> Reply:
-    briefings = await invocation.services.repos.briefings.list(invocation.request.tenant)
+    request = invocation.request
+    briefings = await invocation.services.repos.briefings.list(request.tenant)
     if not briefings:
         return _reply("No briefings in this workspace yet. `/nox-brief add` creates one.")
+    shown = [
+        b
+        for b in briefings
+        if b.channel_id == request.channel_id or b.created_by == request.user_id
+    ]
+    if len(shown) < len(briefings) and await request.is_admin():
+        shown = briefings
     now = datetime.now(UTC)
-    return _reply(list_text("Briefings", [describe(b, now) for b in briefings]))
+    lines = [describe(b, now) for b in shown]
+    if len(shown) < len(briefings):
+        lines.append(
+            f"{len(briefings) - len(shown)} more in other channels: `/nox-brief list` there "
+            "shows them, and admins see all"
+        )
+    return _reply(list_text("Briefings", lines))
 
 
 async def _now(invocation: Invocation, briefing: Briefing) -> Reply:
@@ -108,7 +127,12 @@ async def _preview(invocation: Invocation, argument: str) -> Reply:
         return refused
     saved = f"briefing {briefing.id}" if briefing.id else "a sample briefing, not saved"
     return await invocation.services.briefings.compose(
-        briefing, datetime.now(UTC), footer=f"Preview of {saved} · only you see this"
+        briefing,
+        datetime.now(UTC),
+        footer=f"Preview of {saved} · only you see this",
+        # Typed in the briefing's channel, the requester is one of its readers; the CLI and
+        # the console (no Slack client) are the operator's.
+        shows_channel=request.slack is None or request.channel_id == briefing.channel_id,
     )
 
 
