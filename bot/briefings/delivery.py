@@ -174,13 +174,15 @@ class Briefings:
         footer: str | None = None,
         *,
         shows_channel: bool = True,
+        with_opening: bool = True,
     ) -> Reply:
         """The briefing as it would be posted for a run at ``moment`` (nothing is recorded);
         ``footer`` replaces the line naming the briefing and how to pause it.
 
         ``shows_channel=False`` is for a reader who may not see the briefing's channel (a
         preview asked for elsewhere): its approvals and activity are left out and say where
-        they can be seen.
+        they can be seen. ``with_opening=False`` leaves out the persona's opening (and its
+        language model call).
         """
         tenant = briefing.tenant
         config = await self._shared.get(
@@ -192,7 +194,7 @@ class Briefings:
         )
         specs = [parse_section(item) for item in briefing.sections]
         sections = await self.sources.gather(context, specs)
-        opening = await self._opening(tenant, persona, sections)
+        opening = await self._opening(tenant, persona, sections) if with_opening else None
         local = moment.astimezone(ZoneInfo(briefing.timezone))
         return render_briefing(
             f"{persona.display_name} briefing — {local:%A %-d %B}",

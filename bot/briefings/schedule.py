@@ -138,7 +138,7 @@ def check_frequency(schedule: Schedule, timezone: str, minimum: timedelta, now: 
         if len(minutes) > 1 and timedelta(minutes=minutes[-1] - minutes[-2]) < minimum:
             raise ScheduleError(
                 f"`{schedule.text}` runs at {_clock(minutes[-2])} and at {_clock(minutes[-1])}: "
-                f"briefings run at most once every {_interval(minimum)}."
+                f"briefings run at most once every {duration_text(minimum)}."
             )
         fire = times_of_day.get_next_fire_time(fire, fire)
     first, last = minutes[0], minutes[-1]
@@ -163,7 +163,7 @@ def check_frequency(schedule: Schedule, timezone: str, minimum: timedelta, now: 
             raise ScheduleError(
                 f"`{schedule.text}` runs at {_clock(last)} on {previous:%a %d %b} and at "
                 f"{_clock(first)} on {following:%a %d %b}: briefings run at most once every "
-                f"{_interval(minimum)}."
+                f"{duration_text(minimum)}."
             )
         previous = following
 
@@ -172,7 +172,8 @@ def _clock(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
-def _interval(delta: timedelta) -> str:
+def duration_text(delta: timedelta) -> str:
+    """``2 h``, ``90 min`` or ``45 s``."""
     seconds = int(delta.total_seconds())
     if seconds % 3600 == 0:
         return f"{seconds // 3600} h"

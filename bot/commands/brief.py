@@ -21,16 +21,19 @@ are the briefing's readers. The CLI and the console are the operator's and see e
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from bot.briefings.delivery import Outcome
-from bot.briefings.manage import describe
+from bot.briefings.manage import BriefingLimits, describe
 from bot.briefings.render import list_text
+from bot.briefings.schedule import duration_text
 from bot.commands.base import Invocation
 from bot.render import Reply, section
 from storage.repositories.briefings import Briefing
 
 USAGE = "add|list|remove ID|pause ID|resume ID|now ID|preview [ID]"
+BRIEFING_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits within a BIGINT ("²".isdigit() is true)
 SAMPLE_SECTIONS = [{"kind": "approvals"}, {"kind": "activity"}]
 
 
@@ -93,7 +96,18 @@ async def _list(invocation: Invocation) -> Reply:
 
 
 async def _now(invocation: Invocation, briefing: Briefing) -> Reply:
-    result = await invocation.services.briefings.run_now(invocation.request.tenant, briefing.id)
+    services, tenant = invocation.services, invocation.request.tenant
+    # Posting at once is a run too: it keeps the minimum interval, or a creator could post
+    # (and ask the language model) as often as they type.
+    interval = BriefingLimits.of(services.settings).min_interval
+    last = await services.repos.briefings.last_run_at(tenant, briefing.id)
+    if last is not None and datetime.now(UTC) - last < interval:
+        return _reply(
+            f"Briefing {briefing.id} ran at {last:%H:%M} UTC; runs are at least "
+            f"{duration_text(interval)} apart (JAMONO_BRIEFING_MIN_INTERVAL). "
+            f"Try again after {last + interval:%H:%M} UTC."
+        )
+    result = await services.briefings.run_now(tenant, briefing.id)
     match result.outcome:
         case Outcome.POSTED:
             return _reply(f"✅ Briefing {briefing.id} is posted in <#{briefing.channel_id}>.")
@@ -126,10 +140,14 @@ async def _preview(invocation: Invocation, argument: str) -> Reply:
     if refused:
         return refused
     saved = f"briefing {briefing.id}" if briefing.id else "a sample briefing, not saved"
-    return await invocation.services.briefings.compose(
+    briefings = invocation.services.briefings
+    opening = " · the persona writes its opening when it posts" if briefings.llm else ""
+    return await briefings.compose(
         briefing,
         datetime.now(UTC),
-        footer=f"Preview of {saved} · only you see this",
+        footer=f"Preview of {saved} · only you see this{opening}",
+        # Any member may preview: no language model call of its own for the opening.
+        with_opening=False,
         # Typed in the briefing's channel, the requester is one of its readers; the CLI and
         # the console (no Slack client) are the operator's.
         shows_channel=request.slack is None or request.channel_id == briefing.channel_id,
@@ -167,7 +185,7 @@ def _sample(invocation: Invocation) -> Briefing:
 
 
 async def _briefing(invocation: Invocation, argument: str) -> Briefing | Reply:
-    if not argument.isdigit():
+    if not BRIEFING_ID.fullmatch(argument):
         return _usage(invocation, "Give the briefing's number, as `/nox-brief list` shows it.")
     briefing = await invocation.services.repos.briefings.get(
         invocation.request.tenant, int(argument)

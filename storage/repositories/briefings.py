@@ -403,6 +403,18 @@ class BriefingRepository:
             errors=turns[2] + sum(failed for _, _, failed in tools),
         )
 
+    async def last_run_at(self, tenant: Tenant, subscription_id: int) -> datetime | None:
+        """When the subscription's latest run that was not skipped was claimed (aware UTC)."""
+        async with self._sessions() as session:
+            latest = await session.scalar(
+                select(func.max(BriefingDelivery.created_at)).where(
+                    BriefingDelivery.tenant_id == tenant.id,
+                    BriefingDelivery.subscription_id == subscription_id,
+                    BriefingDelivery.state != DeliveryState.SKIPPED.value,
+                )
+            )
+        return aware(latest) if latest is not None else None
+
     async def deliveries(self, tenant: Tenant, subscription_id: int) -> list[Delivery]:
         """The subscription's runs, oldest first."""
         async with self._sessions() as session:
