@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.briefings.delivery import Outcome
 from bot.briefings.manage import (
     BriefingInputError,
     BriefingLimits,
@@ -338,3 +339,21 @@ async def test_a_preview_by_any_member_asks_no_language_model(database_url, slac
     finally:
         await services.close()
     assert llm.requests == []
+
+
+async def test_a_too_frequent_schedule_stored_before_the_limit_runs_at_most_once_an_interval(
+    services, slack
+):
+    briefing = await services.repos.briefings.create(
+        TENANT, channel_id=OPS, persona="nox", schedule="cron * * * * *", timezone="UTC",
+        sections=[{"kind": "approvals"}], created_by=BOB,
+    )
+    outcomes = []
+    for minute in (0, 1, 119, 120):
+        fire = NOW + timedelta(minutes=minute)
+        outcomes.append(await services.briefings.run_scheduled(briefing.id, fire, now=fire))
+    assert [r.outcome for r in outcomes] == [
+        Outcome.POSTED, Outcome.SKIPPED, Outcome.SKIPPED, Outcome.POSTED
+    ]
+    assert "JAMONO_BRIEFING_MIN_INTERVAL" in outcomes[1].detail
+    assert len(posts(slack, OPS)) == 2

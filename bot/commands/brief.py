@@ -100,8 +100,9 @@ async def _now(invocation: Invocation, briefing: Briefing) -> Reply:
     # Posting at once is a run too: it keeps the minimum interval, or a creator could post
     # (and ask the language model) as often as they type.
     interval = BriefingLimits.of(services.settings).min_interval
-    last = await services.repos.briefings.last_run_at(tenant, briefing.id)
-    if last is not None and datetime.now(UTC) - last < interval:
+    now = datetime.now(UTC)
+    last = await services.repos.briefings.latest_run_before(tenant, briefing.id, now)
+    if last is not None and now - last < interval:
         return _reply(
             f"Briefing {briefing.id} ran at {last:%H:%M} UTC; runs are at least "
             f"{duration_text(interval)} apart (JAMONO_BRIEFING_MIN_INTERVAL). "

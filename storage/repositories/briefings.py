@@ -403,13 +403,21 @@ class BriefingRepository:
             errors=turns[2] + sum(failed for _, _, failed in tools),
         )
 
-    async def last_run_at(self, tenant: Tenant, subscription_id: int) -> datetime | None:
-        """When the subscription's latest run that was not skipped was claimed (aware UTC)."""
+    async def latest_run_before(
+        self, tenant: Tenant, subscription_id: int, before: datetime
+    ) -> datetime | None:
+        """The scheduled time (aware UTC) of the subscription's latest run, scheduled or
+        ``now``, before ``before`` (aware) that was not skipped; ``None`` when there is none.
+
+        Raises:
+            ValueError: ``before`` is naive.
+        """
         async with self._sessions() as session:
             latest = await session.scalar(
-                select(func.max(BriefingDelivery.created_at)).where(
+                select(func.max(BriefingDelivery.scheduled_for)).where(
                     BriefingDelivery.tenant_id == tenant.id,
                     BriefingDelivery.subscription_id == subscription_id,
+                    BriefingDelivery.scheduled_for < to_utc(before),
                     BriefingDelivery.state != DeliveryState.SKIPPED.value,
                 )
             )
