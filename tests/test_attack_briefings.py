@@ -357,3 +357,14 @@ async def test_a_too_frequent_schedule_stored_before_the_limit_runs_at_most_once
     ]
     assert "JAMONO_BRIEFING_MIN_INTERVAL" in outcomes[1].detail
     assert len(posts(slack, OPS)) == 2
+
+
+async def test_a_refusal_elsewhere_does_not_name_a_private_briefings_creator(services):
+    secret = await services.repos.briefings.create(
+        TENANT, channel_id=SECRET, persona="nox", schedule="daily 08:00", timezone="UTC",
+        sections=[{"kind": "approvals"}], created_by=ALICE,
+    )
+    for verb in ("pause", "now", "preview", "remove"):
+        answer = await preview(services, BOB, RANDOM, f"{verb} {secret.id}")
+        assert answer == f"Only its creator and workspace admins can {verb} briefing {secret.id}."
+    assert "Only <@U0ALICE>" in await preview(services, BOB, SECRET, f"pause {secret.id}")

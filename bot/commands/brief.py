@@ -160,6 +160,8 @@ async def _refused(invocation: Invocation, briefing: Briefing, verb: str) -> Rep
     request = invocation.request
     if request.user_id == briefing.created_by or await request.is_admin():
         return None
+    if request.channel_id != briefing.channel_id:  # its channel and creator are not for all
+        return _reply(f"Only its creator and workspace admins can {verb} briefing {briefing.id}.")
     return _reply(
         f"Only <@{briefing.created_by}>, who created briefing {briefing.id}, and workspace "
         f"admins can {verb} it."
