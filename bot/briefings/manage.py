@@ -42,7 +42,9 @@ SLACK_ID = re.compile(r"^[A-Z0-9]{2,32}$")
 
 class BriefingInputError(ValueError):
     """Input that cannot make a briefing. ``field`` names the part at fault (``channel``,
-    ``schedule``, ``timezone``, ``sections``, ``persona``) so a modal can show it there."""
+    ``schedule``, ``timezone``, ``sections``, ``persona``, or ``created_by`` which only the
+    CLI takes) so a modal can show it there; the workspace's briefing limit is shown on
+    ``channel``."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
