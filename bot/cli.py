@@ -365,7 +365,13 @@ def _secret_to_ask(integration: str, fields: dict[str, str | None]) -> str | Non
 
 def _brief(settings: Settings, args: argparse.Namespace) -> int:
     from bot.briefings.clients import NotInstalled
-    from bot.briefings.manage import BriefingInputError, NewBriefing, add_briefing, describe
+    from bot.briefings.manage import (
+        BriefingInputError,
+        BriefingLimits,
+        NewBriefing,
+        add_briefing,
+        describe,
+    )
     from bot.commands import CommandRequest, CommandRouter
 
     tenant = _tenant(args)
@@ -387,6 +393,8 @@ def _brief(settings: Settings, args: argparse.Namespace) -> int:
                         NewBriefing(
                             args.channel, args.schedule, args.timezone, sections, args.persona
                         ),
+                        limits=BriefingLimits.of(settings),
+                        is_admin=_always,  # the operator
                     )
                 except (BriefingInputError, NotInstalled) as exc:
                     print(f"Not saved: {exc}", file=sys.stderr)

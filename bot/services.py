@@ -170,6 +170,7 @@ class Services:
             llm=llm,
             default_model=settings.model,
             grace=timedelta(seconds=settings.briefing_grace),
+            min_interval=timedelta(seconds=settings.briefing_min_interval),
         )
         return cls(
             settings=settings,

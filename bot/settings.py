@@ -155,6 +155,15 @@ class Settings(BaseSettings):
         15.0, ge=1, le=20, validation_alias=AliasChoices("JAMONO_LEADER_LEASE")
     )
 
+    # Briefing limits (issue 10, briefings): briefings a workspace may have, and the shortest
+    # time between two runs of one briefing (seconds), checked when a briefing is added.
+    briefings_per_workspace: int = Field(
+        20, ge=0, validation_alias=AliasChoices("JAMONO_BRIEFINGS_PER_WORKSPACE")
+    )
+    briefing_min_interval: float = Field(
+        3600.0, ge=60, validation_alias=AliasChoices("JAMONO_BRIEFING_MIN_INTERVAL")
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:

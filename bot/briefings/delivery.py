@@ -92,6 +92,8 @@ class Briefings:
     """Composes and delivers briefings. One instance per process; safe for concurrent runs.
 
     ``grace`` is the misfire grace time (a run later than this is skipped and recorded);
+    a scheduled run less than ``min_interval`` after the previous run is skipped and recorded
+    too (a schedule stored before that limit, or a gap shortened by a daylight-saving change);
     ``max_preparing`` bounds how many runs claim and compose at once, so that when many fall
     due together the first ones reach Slack while the others are still being gathered.
     """
@@ -105,6 +107,7 @@ class Briefings:
         llm: LLMClient | None,
         default_model: str,
         grace: timedelta,
+        min_interval: timedelta = timedelta(0),
         max_preparing: int = 50,
     ) -> None:
         self.repos = repos
@@ -113,6 +116,7 @@ class Briefings:
         self.llm = llm
         self.default_model = default_model
         self.grace = grace
+        self.min_interval = min_interval
         self._preparing = asyncio.Semaphore(max_preparing)
         self._shared = Shared()
         self._channel_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -133,7 +137,9 @@ class Briefings:
                 return RunResult(Outcome.NOT_FOUND)
             if not briefing.enabled:
                 return RunResult(Outcome.DISABLED)
-            reason = self._skip_reason(briefing, scheduled_for, now)
+            reason = self._skip_reason(briefing, scheduled_for, now) or await self._too_soon(
+                briefing, scheduled_for
+            )
             if reason:
                 await self.repos.briefings.claim_delivery(
                     briefing.tenant,
@@ -167,20 +173,47 @@ class Briefings:
             return f"missed by {_duration(now - scheduled_for)} (grace {_duration(self.grace)})"
         return None
 
+    async def _too_soon(self, briefing: Briefing, scheduled_for: datetime) -> str | None:
+        if not self.min_interval:
+            return None
+        last = await self.repos.briefings.latest_run_before(
+            briefing.tenant, briefing.id, scheduled_for
+        )
+        if last is None or scheduled_for - last >= self.min_interval:
+            return None
+        return (
+            f"{_duration(scheduled_for - last)} after the previous run "
+            f"(JAMONO_BRIEFING_MIN_INTERVAL {_duration(self.min_interval)})"
+        )
+
     async def compose(
-        self, briefing: Briefing, moment: datetime, footer: str | None = None
+        self,
+        briefing: Briefing,
+        moment: datetime,
+        footer: str | None = None,
+        *,
+        shows_channel: bool = True,
+        with_opening: bool = True,
     ) -> Reply:
         """The briefing as it would be posted for a run at ``moment`` (nothing is recorded);
-        ``footer`` replaces the line naming the briefing and how to pause it."""
+        ``footer`` replaces the line naming the briefing and how to pause it.
+
+        ``shows_channel=False`` is for a reader who may not see the briefing's channel (a
+        preview asked for elsewhere): its approvals and activity are left out and say where
+        they can be seen. ``with_opening=False`` leaves out the persona's opening (and its
+        language model call).
+        """
         tenant = briefing.tenant
         config = await self._shared.get(
             (tenant.id, "config", moment), lambda: self.repos.config.load(tenant)
         )
         persona = personas.effective(briefing.persona, config)
-        context = BriefingContext(briefing, persona, moment)
+        context = BriefingContext(
+            briefing, persona, moment, briefing.channel_id if shows_channel else None
+        )
         specs = [parse_section(item) for item in briefing.sections]
         sections = await self.sources.gather(context, specs)
-        opening = await self._opening(tenant, persona, sections)
+        opening = await self._opening(tenant, persona, sections) if with_opening else None
         local = moment.astimezone(ZoneInfo(briefing.timezone))
         return render_briefing(
             f"{persona.display_name} briefing — {local:%A %-d %B}",

@@ -15,6 +15,13 @@ MAX_LINES = 15  # items shown per list before "and N more"
 MAX_TEXT_BLOCKS = 3  # section blocks one free-text section may take
 
 
+def escape(text: str) -> str:
+    """``text`` shown as it is in mrkdwn: ``&``, ``<`` and ``>`` as entities, so that
+    ``<!channel>`` or ``<https://x|y>`` in outside data neither notifies nor links
+    (Slack: "Formatting text for app surfaces", escaping text)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render_briefing(
     title: str, opening: str | None, sections: list[SectionContent], footer: str
 ) -> Reply:

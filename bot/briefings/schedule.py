@@ -15,14 +15,20 @@ Europe/Paris on the last Sunday of March) does not exist: APScheduler fires at t
 instant as the old offset gives (03:30 local). On the day clocks go back, a wall-clock time
 that happens twice (01:30 in America/New_York on the first Sunday of November) fires once: the
 second occurrence is a repeat (:func:`is_repeat`).
+
+Every search for fire times is bounded by :data:`HORIZON` (APScheduler's ``end_date``): left
+alone, APScheduler looks for the next fire time of a schedule that never fires (``cron 0 0 30 2
+*``) up to the year 9999, a tenth of a second of CPU each time. A new schedule must fire within
+the horizon and its runs must be at least a minimum interval apart (:func:`check_frequency`).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -30,6 +36,11 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab: 0 and 7 = Sunday
 _TIME = re.compile(r"^(?P<hour>[01]?\d|2[0-3]):(?P<minute>[0-5]\d)$")
 _DOW_TERM = re.compile(r"^(?P<range>\*|\d+(?:-\d+)?)(?:/(?P<step>\d+))?$")
+MAX_SCHEDULE = 100  # characters: the length of briefing_subscriptions.schedule
+MAX_TIMEZONE = 64  # characters: the length of briefing_subscriptions.timezone
+HORIZON = timedelta(days=366)  # how far ahead fire times are looked for
+_DAY_MINUTES = 24 * 60
+_REFERENCE_DAY = datetime(2001, 1, 1, tzinfo=UTC)  # any day: minute and hour fields ignore dates
 
 
 class ScheduleError(ValueError):
@@ -49,8 +60,9 @@ class Schedule:
     text: str
     crontab: str
 
-    def trigger(self, timezone: str) -> CronTrigger:
-        """APScheduler's trigger for this schedule in ``timezone``.
+    def trigger(self, timezone: str, until: datetime | None = None) -> CronTrigger:
+        """APScheduler's trigger for this schedule in ``timezone``; with ``until`` (aware) it
+        fires no later than that, and its searches stop there.
 
         Raises:
             ScheduleError: unknown timezone.
@@ -64,11 +76,15 @@ class Schedule:
             month=month,
             day_of_week=_apscheduler_weekdays(day_of_week),
             timezone=zone,
+            end_date=until,
         )
 
-    def next_fire_times(self, timezone: str, after: datetime, count: int) -> list[datetime]:
-        """The next ``count`` fire times strictly after ``after`` (aware), in ``timezone``."""
-        trigger = self.trigger(timezone)
+    def next_fire_times(
+        self, timezone: str, after: datetime, count: int, horizon: timedelta = HORIZON
+    ) -> list[datetime]:
+        """At most ``count`` fire times strictly after ``after`` (aware) and within ``horizon``
+        of it, in ``timezone``: fewer (or none) when the schedule does not fire that often."""
+        trigger = self.trigger(timezone, until=after + horizon)
         times: list[datetime] = []
         previous = None
         moment = after
@@ -90,19 +106,105 @@ def is_repeat(fire: datetime) -> bool:
     return first.astimezone(UTC) != fire.astimezone(UTC)
 
 
+def check_frequency(schedule: Schedule, timezone: str, minimum: timedelta, now: datetime) -> None:
+    """Refuse a schedule that does not fire within :data:`HORIZON` of ``now`` (aware), or whose
+    consecutive runs can be less than ``minimum`` apart.
+
+    Gaps are measured in wall-clock time of ``timezone``: the hour and minute fields give the
+    same times of day on every day the schedule fires, so the shortest gap is either between
+    two times of one day or between the last time of a day and the first of the next day it
+    fires (looked for within the horizon). A daylight-saving change can shorten one gap by the
+    size of the shift. Work is bounded: at most one day of times plus one horizon of days.
+
+    Raises:
+        ScheduleError: saying which runs are too close, or that the schedule never fires.
+    """
+    if not schedule.next_fire_times(timezone, now, 1):
+        raise ScheduleError(
+            f"`{schedule.text}` would not run within a year (e.g. `cron 0 0 30 2 *`: there is no "
+            "30 February). " + USAGE
+        )
+    minute, hour, day, month, day_of_week = schedule.crontab.split()
+    times_of_day = CronTrigger(
+        minute=minute,
+        hour=hour,
+        timezone=UTC,
+        end_date=_REFERENCE_DAY + timedelta(days=1) - timedelta(seconds=1),
+    )
+    minutes: list[int] = []
+    fire = times_of_day.get_next_fire_time(None, _REFERENCE_DAY)
+    while fire is not None:
+        minutes.append(fire.hour * 60 + fire.minute)
+        if len(minutes) > 1 and timedelta(minutes=minutes[-1] - minutes[-2]) < minimum:
+            raise ScheduleError(
+                f"`{schedule.text}` runs at {_clock(minutes[-2])} and at {_clock(minutes[-1])}: "
+                f"briefings run at most once every {duration_text(minimum)}."
+            )
+        fire = times_of_day.get_next_fire_time(fire, fire)
+    first, last = minutes[0], minutes[-1]
+    if timedelta(minutes=_DAY_MINUTES - last + first) >= minimum:
+        return  # even on consecutive days the last run and the next day's first are far enough
+    days = CronTrigger(
+        minute=0,
+        hour=0,
+        day=day,
+        month=month,
+        day_of_week=_apscheduler_weekdays(day_of_week),
+        timezone=parse_timezone(timezone),
+        end_date=now + HORIZON,
+    )
+    previous = days.get_next_fire_time(None, now)
+    while previous is not None:
+        following = days.get_next_fire_time(previous, previous)
+        if following is None:
+            return
+        apart = (following.date() - previous.date()).days * _DAY_MINUTES - last + first
+        if timedelta(minutes=apart) < minimum:
+            raise ScheduleError(
+                f"`{schedule.text}` runs at {_clock(last)} on {previous:%a %d %b} and at "
+                f"{_clock(first)} on {following:%a %d %b}: briefings run at most once every "
+                f"{duration_text(minimum)}."
+            )
+        previous = following
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def duration_text(delta: timedelta) -> str:
+    """``2 h``, ``90 min`` or ``45 s``."""
+    seconds = int(delta.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+@cache
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def parse_timezone(name: str) -> ZoneInfo:
     """``ZoneInfo(name)`` for an IANA name such as ``Europe/Paris``.
+
+    Only names of the IANA database are looked up: ``ZoneInfo`` itself reads any file under
+    its search path, and raises ``IsADirectoryError`` for ``Europe``, ``OSError`` for a very
+    long name, ``ValueError`` for ``../x`` or a NUL byte.
 
     Raises:
         ScheduleError: the name is not in the IANA database.
     """
-    try:
-        return ZoneInfo(name.strip())
-    except (ZoneInfoNotFoundError, ValueError):
+    key = name.strip()
+    if len(key) > MAX_TIMEZONE or key not in _known_zones():
+        shown = key[:MAX_TIMEZONE].encode("unicode_escape").decode("ascii").replace("`", "'")
         raise ScheduleError(
-            f"`{name}` is not a timezone I know. Use an IANA name such as `Europe/Paris`, "
+            f"`{shown}` is not a timezone I know. Use an IANA name such as `Europe/Paris`, "
             "`America/New_York` or `UTC`."
-        ) from None
+        )
+    return ZoneInfo(key)
 
 
 def parse_schedule(text: str) -> Schedule:
@@ -111,6 +213,8 @@ def parse_schedule(text: str) -> Schedule:
     Raises:
         ScheduleError: the text is none of them, or the cron line is invalid.
     """
+    if len(text.strip()) > MAX_SCHEDULE:
+        raise ScheduleError(f"The schedule is longer than {MAX_SCHEDULE} characters. " + USAGE)
     words = text.strip().lower().split()
     if not words:
         raise ScheduleError("The schedule is empty. " + USAGE)

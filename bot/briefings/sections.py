@@ -7,6 +7,11 @@ A section spec is stored as JSON on the subscription: ``{"kind": "approvals"}``,
 A :class:`Source` gathers one kind of section for one run and returns its
 :class:`SectionContent`, or raises :class:`SourceUnavailable` with a reason the channel can
 read; the briefing then shows "unavailable: reason" for that section and the rest is delivered.
+
+Kinds in :data:`AUDIENCE_SCOPED` show what happened in conversations (approval requests,
+persona activity). A run shows only those of its audience, the one channel whose members
+read it (:attr:`BriefingContext.audience`): never those of another channel, a private channel
+or a DM.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ KINDS: dict[str, str] = {
     "activity": "Persona activity, last 24 hours",
     "prompt": "From the persona (free prompt)",
 }
+AUDIENCE_SCOPED = frozenset({"approvals", "activity"})
 MAX_SECTIONS = 10
 MAX_JQL = 1000  # characters
 MAX_PROMPT = 2000  # characters
@@ -68,9 +74,14 @@ def parse_section(data: dict[str, Any]) -> SectionSpec:
     kind = str(data.get("kind", "")).strip().lower()
     if kind not in KINDS:
         raise SectionError(f"`{kind}` is not a section; use one of {', '.join(KINDS)}.")
-    title = str(data.get("title") or KINDS[kind]).strip()[:MAX_TITLE]
+    title = str(data.get("title") or KINDS[kind]).strip()
     jql = str(data.get("jql") or "").strip() or None
     prompt = str(data.get("prompt") or "").strip() or None
+    for name, text in (("title", title), ("JQL query", jql), ("prompt", prompt)):
+        # NUL cannot be stored in PostgreSQL text; other control characters are not text.
+        if text and any(ord(char) < 32 and char not in "\n\t" for char in text):
+            raise SectionError(f"The {name} contains control characters; write plain text.")
+    title = title[:MAX_TITLE]
     if kind == "jira" and not jql:
         raise SectionError(
             "A Jira section needs a JQL query, e.g. `project = OPS AND status != Done`."
@@ -97,12 +108,15 @@ def parse_sections(items: list[dict[str, Any]]) -> list[SectionSpec]:
 
 @dataclass(frozen=True)
 class BriefingContext:
-    """One run: the subscription, its persona (with the workspace's overrides) and when it is
-    for (aware; the scheduled fire time, or the moment of ``now``/``preview``)."""
+    """One run: the subscription, its persona (with the workspace's overrides), when it is
+    for (aware; the scheduled fire time, or the moment of ``now``/``preview``) and its
+    ``audience``: the channel whose approvals and activity it may show (the briefing's own
+    channel), or ``None`` when its reader may not see that channel's (a preview elsewhere)."""
 
     briefing: Briefing
     persona: Persona
     scheduled_for: datetime
+    audience: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,7 +204,8 @@ class Sources:
             if spec.kind in self.PER_BRIEFING:
                 return await asyncio.wait_for(source.gather(context, spec), self._timeout)
             briefing = context.briefing
-            key = (briefing.tenant.id, spec, context.scheduled_for, briefing.timezone)
+            audience = context.audience if spec.kind in AUDIENCE_SCOPED else None
+            key = (briefing.tenant.id, spec, context.scheduled_for, briefing.timezone, audience)
             return await self._shared.get(
                 key, lambda: asyncio.wait_for(source.gather(context, spec), self._timeout)
             )

@@ -1,6 +1,10 @@
 """The section sources: pending approvals, persona activity and the persona's answer to a free
 prompt from Jamono's own data; Jira issues and upcoming events from the workspace's
-integrations (through the same connections, retries and circuits as the persona's tools)."""
+integrations (through the same connections, retries and circuits as the persona's tools).
+
+Pending approvals and activity are those of the run's audience channel only (see
+bot.briefings.sections). Text that comes from stored requests, Jira or a calendar is escaped
+before it reaches mrkdwn, so that a summary reading ``<!channel>`` does not notify anyone."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from agents.connections import Connections, NotConnected, explain
 from agents.runtime import AgentRuntime, TurnRequest
+from bot.briefings.render import escape
 from bot.briefings.sections import BriefingContext, SectionContent, SectionSpec, SourceUnavailable
 from integrations.errors import IntegrationError
 from storage.repositories import Repositories
@@ -19,38 +24,53 @@ CALENDAR_WINDOW_DAYS = 1  # "today's post-mortems": the day after the run
 CALENDAR_LIMIT = 25
 
 
+def audience_of(context: BriefingContext) -> str:
+    """The channel whose conversations the run may show.
+
+    Raises:
+        SourceUnavailable: the run's reader may not see that channel's conversations.
+    """
+    if context.audience is None:
+        raise SourceUnavailable(
+            f"shown only to the members of <#{context.briefing.channel_id}>: preview the "
+            "briefing there"
+        )
+    return context.audience
+
+
 class ApprovalsSource:
-    """Approval requests still waiting for a decision (storage.repositories.approvals)."""
+    """Approval requests made in the audience channel and still waiting for a decision."""
 
     def __init__(self, repos: Repositories) -> None:
         self._repos = repos
 
     async def gather(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
-        pending = await self._repos.approvals.pending_for(
-            context.briefing.tenant, context.scheduled_for
+        pending = await self._repos.briefings.pending_approvals_in(
+            context.briefing.tenant, audience_of(context), context.scheduled_for
         )
         lines = [
-            f"`{request.tool}` on {request.target} — asked by <@{request.requested_by}>, "
-            f"expires {request.expires_at:%Y-%m-%d %H:%M} UTC"
+            f"`{escape(request.tool)}` on {escape(request.target)} — asked by "
+            f"<@{request.requested_by}>, expires {request.expires_at:%Y-%m-%d %H:%M} UTC"
             for request in pending
         ]
         return SectionContent(spec.title, lines, empty="no approvals waiting")
 
 
 class ActivitySource:
-    """What the personas did in the 24 hours before the run (turns, tool calls, tokens)."""
+    """What the personas did in the audience channel in the 24 hours before the run (turns,
+    tool calls, tokens)."""
 
     def __init__(self, repos: Repositories) -> None:
         self._repos = repos
 
     async def gather(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
-        figures = await self._repos.metrics.usage_since(
-            context.briefing.tenant, context.scheduled_for - ACTIVITY_WINDOW
+        figures = await self._repos.briefings.activity_in(
+            context.briefing.tenant, audience_of(context), context.scheduled_for - ACTIVITY_WINDOW
         )
         if not figures.turns and not figures.tool_calls:
             return SectionContent(spec.title, empty="no persona activity")
         lines = [
-            f"{figures.turns} answers in {figures.conversations} conversations, "
+            f"{figures.turns} answers in {figures.conversations} conversations in this channel, "
             f"{figures.errors} errors",
             f"{figures.prompt_tokens + figures.completion_tokens:,} LLM tokens "
             f"({figures.prompt_tokens:,} prompt, {figures.completion_tokens:,} completion)",
@@ -105,8 +125,8 @@ class JiraSource:
         except IntegrationError as exc:
             raise SourceUnavailable(explain(exc)) from None
         lines = [
-            f"<{issue.url}|{issue.key}> {issue.summary} — {issue.status}"
-            + (f" ({issue.assignee})" if issue.assignee else "")
+            f"<{escape(issue.url)}|{escape(issue.key)}> {escape(issue.summary)} — "
+            f"{escape(issue.status)}" + (f" ({escape(issue.assignee)})" if issue.assignee else "")
             for issue in found.issues
         ]
         if found.total is not None and found.total > len(lines):
@@ -135,7 +155,7 @@ class CalendarSource:
         zone = ZoneInfo(context.briefing.timezone)
         lines = [
             f"{event.start.astimezone(zone):%a %H:%M}–{event.end.astimezone(zone):%H:%M} "
-            f"{event.summary}"
+            f"{escape(event.summary)}"
             for event in events
         ]
         return SectionContent(spec.title, lines, empty="no events in the next 24 hours")

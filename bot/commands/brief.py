@@ -12,20 +12,28 @@
 
 Removing, pausing, resuming and posting at once are for the briefing's creator and the
 workspace's admins.
+
+Who sees what (README, "Briefings"): ``list`` shows the briefings of the channel it is typed
+in and the requester's own (admins see all of them); a briefing's approvals and activity are
+those of its channel, and a preview shows them only when typed in that channel, whose members
+are the briefing's readers. The CLI and the console are the operator's and see everything.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from bot.briefings.delivery import Outcome
-from bot.briefings.manage import describe
+from bot.briefings.manage import BriefingLimits, describe
 from bot.briefings.render import list_text
+from bot.briefings.schedule import duration_text
 from bot.commands.base import Invocation
 from bot.render import Reply, section
 from storage.repositories.briefings import Briefing
 
 USAGE = "add|list|remove ID|pause ID|resume ID|now ID|preview [ID]"
+BRIEFING_ID = re.compile(r"[0-9]{1,18}")  # ASCII digits within a BIGINT ("²".isdigit() is true)
 SAMPLE_SECTIONS = [{"kind": "approvals"}, {"kind": "activity"}]
 
 
@@ -66,15 +74,41 @@ async def run(invocation: Invocation) -> Reply:
 
 
 async def _list(invocation: Invocation) -> Reply:
-    briefings = await invocation.services.repos.briefings.list(invocation.request.tenant)
+    request = invocation.request
+    briefings = await invocation.services.repos.briefings.list(request.tenant)
     if not briefings:
         return _reply("No briefings in this workspace yet. `/nox-brief add` creates one.")
+    shown = [
+        b
+        for b in briefings
+        if b.channel_id == request.channel_id or b.created_by == request.user_id
+    ]
+    if len(shown) < len(briefings) and await request.is_admin():
+        shown = briefings
     now = datetime.now(UTC)
-    return _reply(list_text("Briefings", [describe(b, now) for b in briefings]))
+    lines = [describe(b, now) for b in shown]
+    if len(shown) < len(briefings):
+        lines.append(
+            f"{len(briefings) - len(shown)} more in other channels: `/nox-brief list` there "
+            "shows them, and admins see all"
+        )
+    return _reply(list_text("Briefings", lines))
 
 
 async def _now(invocation: Invocation, briefing: Briefing) -> Reply:
-    result = await invocation.services.briefings.run_now(invocation.request.tenant, briefing.id)
+    services, tenant = invocation.services, invocation.request.tenant
+    # Posting at once is a run too: it keeps the minimum interval, or a creator could post
+    # (and ask the language model) as often as they type.
+    interval = BriefingLimits.of(services.settings).min_interval
+    now = datetime.now(UTC)
+    last = await services.repos.briefings.latest_run_before(tenant, briefing.id, now)
+    if last is not None and now - last < interval:
+        return _reply(
+            f"Briefing {briefing.id} ran at {last:%H:%M} UTC; runs are at least "
+            f"{duration_text(interval)} apart (JAMONO_BRIEFING_MIN_INTERVAL). "
+            f"Try again after {last + interval:%H:%M} UTC."
+        )
+    result = await services.briefings.run_now(tenant, briefing.id)
     match result.outcome:
         case Outcome.POSTED:
             return _reply(f"✅ Briefing {briefing.id} is posted in <#{briefing.channel_id}>.")
@@ -107,8 +141,17 @@ async def _preview(invocation: Invocation, argument: str) -> Reply:
     if refused:
         return refused
     saved = f"briefing {briefing.id}" if briefing.id else "a sample briefing, not saved"
-    return await invocation.services.briefings.compose(
-        briefing, datetime.now(UTC), footer=f"Preview of {saved} · only you see this"
+    briefings = invocation.services.briefings
+    opening = " · the persona writes its opening when it posts" if briefings.llm else ""
+    return await briefings.compose(
+        briefing,
+        datetime.now(UTC),
+        footer=f"Preview of {saved} · only you see this{opening}",
+        # Any member may preview: no language model call of its own for the opening.
+        with_opening=False,
+        # Typed in the briefing's channel, the requester is one of its readers; the CLI and
+        # the console (no Slack client) are the operator's.
+        shows_channel=request.slack is None or request.channel_id == briefing.channel_id,
     )
 
 
@@ -117,6 +160,8 @@ async def _refused(invocation: Invocation, briefing: Briefing, verb: str) -> Rep
     request = invocation.request
     if request.user_id == briefing.created_by or await request.is_admin():
         return None
+    if request.channel_id != briefing.channel_id:  # its channel and creator are not for all
+        return _reply(f"Only its creator and workspace admins can {verb} briefing {briefing.id}.")
     return _reply(
         f"Only <@{briefing.created_by}>, who created briefing {briefing.id}, and workspace "
         f"admins can {verb} it."
@@ -143,7 +188,7 @@ def _sample(invocation: Invocation) -> Briefing:
 
 
 async def _briefing(invocation: Invocation, argument: str) -> Briefing | Reply:
-    if not argument.isdigit():
+    if not BRIEFING_ID.fullmatch(argument):
         return _usage(invocation, "Give the briefing's number, as `/nox-brief list` shows it.")
     briefing = await invocation.services.repos.briefings.get(
         invocation.request.tenant, int(argument)

@@ -19,12 +19,19 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
-from bot.briefings.manage import BriefingInputError, NewBriefing, add_briefing, describe
+from bot.briefings.manage import (
+    BriefingInputError,
+    BriefingLimits,
+    NewBriefing,
+    add_briefing,
+    describe,
+)
+from bot.briefings.schedule import MAX_SCHEDULE, MAX_TIMEZONE
 from bot.briefings.schedule import USAGE as SCHEDULE_USAGE
-from bot.briefings.sections import KINDS
+from bot.briefings.sections import KINDS, MAX_JQL, MAX_PROMPT
 from bot.listeners.context import tenant_of
 from bot.services import Services
-from bot.slack_client import slack_error
+from bot.slack_client import is_workspace_admin, slack_error
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +69,27 @@ def register(app: AsyncApp, services: Services) -> None:
         user_id = body["user"]["id"]
         new = submitted(body["view"]["state"]["values"])
         try:
-            briefing = await add_briefing(services.repos, client, tenant_of(context), user_id, new)
+            briefing = await add_briefing(
+                services.repos,
+                client,
+                tenant_of(context),
+                user_id,
+                new,
+                limits=BriefingLimits.of(services.settings),
+                is_admin=lambda: is_workspace_admin(client, user_id),
+            )
         except BriefingInputError as exc:
             await ack(response_action="errors", errors={exc.field: str(exc)})
+            return
+        except Exception:  # the modal must be answered, or Slack shows its own vague error
+            log.exception("brief_add_failed")
+            await ack(
+                response_action="errors",
+                errors={
+                    "channel": "Something failed on my side and nothing was saved; try "
+                    "again in a minute."
+                },
+            )
             return
         await ack()
         if services.scheduler is not None:
@@ -113,13 +138,19 @@ def form(channel_id: str, persona: str, timezone: str) -> dict[str, Any]:
                     "type": "plain_text_input",
                     "action_id": "value",
                     "initial_value": "weekdays 08:30",
+                    "max_length": MAX_SCHEDULE,
                 },
                 hint=SCHEDULE_USAGE.replace("`", ""),
             ),
             _input(
                 "timezone",
                 "Timezone (IANA)",
-                {"type": "plain_text_input", "action_id": "value", "initial_value": timezone},
+                {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "initial_value": timezone,
+                    "max_length": MAX_TIMEZONE,
+                },
             ),
             _input(
                 "sections",
@@ -140,13 +171,19 @@ def form(channel_id: str, persona: str, timezone: str) -> dict[str, Any]:
                     "type": "plain_text_input",
                     "action_id": "value",
                     "placeholder": _plain("project = OPS AND status != Done"),
+                    "max_length": MAX_JQL,
                 },
                 optional=True,
             ),
             _input(
                 "prompt",
-                "Question for the persona (free prompt section)",
-                {"type": "plain_text_input", "action_id": "value", "multiline": True},
+                "Question for the persona (free prompt section, admins only)",
+                {
+                    "type": "plain_text_input",
+                    "action_id": "value",
+                    "multiline": True,
+                    "max_length": MAX_PROMPT,
+                },
                 optional=True,
             ),
         ],

@@ -1,5 +1,6 @@
 """``app_home_opened``: the Home tab introduces the workspace's personas and commands, and
-lists the workspace's briefings with their next run."""
+lists briefings with their next run: the viewer's own, or all of the workspace's for an admin
+(a briefing of a private channel or a DM is not every member's to see)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from bot.listeners.context import tenant_of
 from bot.render import context as context_block
 from bot.render import header, section
 from bot.services import Services
-from bot.slack_client import slack_error
+from bot.slack_client import is_workspace_admin, slack_error
 
 log = structlog.get_logger(__name__)
 
@@ -47,11 +48,20 @@ def register(app: AsyncApp, services: Services) -> None:
                     f"`/{persona.command_prefix}-help` lists what {persona.display_name} can do."
                 )
             )
-        briefings = await services.repos.briefings.list(tenant)
+        everyone = await services.repos.briefings.list(tenant)
+        briefings = [b for b in everyone if b.created_by == event["user"]]
+        if len(briefings) < len(everyone) and await is_workspace_admin(client, event["user"]):
+            briefings = everyone
+        lines = [describe(b) for b in briefings]
+        if len(briefings) < len(everyone):
+            lines.append(
+                f"{len(everyone) - len(briefings)} more by others: `/nox-brief list` in a "
+                "channel shows its briefings"
+            )
         blocks.append(
             section(
-                list_text("Briefings", [describe(b) for b in briefings])
-                if briefings
+                list_text("Briefings", lines)
+                if lines
                 else "*Briefings*\nNone yet: `/nox-brief add` schedules one for a channel."
             )
         )

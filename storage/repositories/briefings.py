@@ -4,6 +4,10 @@ A delivery row is unique per (subscription, scheduled fire time) and is inserted
 briefing is posted: :meth:`BriefingRepository.claim_delivery` returns ``True`` to exactly one
 caller, on SQLite and PostgreSQL alike, so two replicas (or a leader and its successor) never
 post the same run twice.
+
+The approvals and activity a briefing shows are those of its own channel
+(:meth:`BriefingRepository.pending_approvals_in`, :meth:`BriefingRepository.activity_in`): a
+briefing's readers are that channel's members, who saw those conversations already.
 """
 
 from __future__ import annotations
@@ -13,13 +17,33 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import BriefingDelivery, BriefingSubscription, LLMUsage, utcnow
+from storage.models import (
+    ApprovalRequest,
+    BriefingDelivery,
+    BriefingSubscription,
+    Conversation,
+    LLMUsage,
+    ToolCall,
+    Turn,
+    utcnow,
+)
 from storage.repositories._time import aware, to_utc
+from storage.repositories.approvals import State
+from storage.repositories.conversations import NOTE
+from storage.repositories.metrics import FAILED_TOOL_CALL, FAILED_TURN, UsageFigures
 from storage.tenancy import Tenant
+
+
+class BriefingLimitReached(Exception):
+    """The workspace already has ``limit`` briefings; nothing was saved."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the workspace has {limit} briefings already")
+        self.limit = limit
 
 
 class DeliveryState(StrEnum):
@@ -48,6 +72,16 @@ class Briefing:
 
 
 @dataclass(frozen=True)
+class PendingApproval:
+    """An approval request waiting for a decision, as a briefing lists it."""
+
+    tool: str
+    target: str
+    requested_by: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class Delivery:
     subscription_id: int
     scheduled_for: datetime
@@ -71,8 +105,18 @@ class BriefingRepository:
         timezone: str,
         sections: list[dict[str, Any]],
         created_by: str,
+        limit: int | None = None,
     ) -> Briefing:
-        """Store a new, enabled subscription. Validation is the caller's (bot.briefings)."""
+        """Store a new, enabled subscription. Validation is the caller's (bot.briefings).
+
+        With ``limit``, a workspace keeps at most that many subscriptions, also when several
+        are added at once: the new row is kept only if at most ``limit`` rows of the workspace
+        have an id up to its own (ids only grow), so of concurrent additions the later ones
+        are removed again.
+
+        Raises:
+            BriefingLimitReached: the workspace has ``limit`` subscriptions already.
+        """
         row = BriefingSubscription(
             tenant_id=tenant.id,
             team_id=tenant.team_id,
@@ -90,7 +134,31 @@ class BriefingRepository:
             session.add(row)
             await session.flush()
             await session.refresh(row)
-            return _briefing(row)
+            briefing = _briefing(row)
+        if limit is None:
+            return briefing
+        async with self._sessions.begin() as session:
+            rank = await session.scalar(
+                select(func.count(BriefingSubscription.id)).where(
+                    BriefingSubscription.tenant_id == tenant.id,
+                    BriefingSubscription.id <= briefing.id,
+                )
+            )
+            if rank <= limit:
+                return briefing
+            await session.execute(
+                delete(BriefingSubscription).where(BriefingSubscription.id == briefing.id)
+            )
+        raise BriefingLimitReached(limit)
+
+    async def count(self, tenant: Tenant) -> int:
+        """How many subscriptions the workspace has."""
+        async with self._sessions() as session:
+            return await session.scalar(
+                select(func.count(BriefingSubscription.id)).where(
+                    BriefingSubscription.tenant_id == tenant.id
+                )
+            )
 
     async def get(self, tenant: Tenant, subscription_id: int) -> Briefing | None:
         async with self._sessions() as session:
@@ -236,6 +304,124 @@ class BriefingRepository:
                     duration_ms=duration_ms,
                 )
             )
+
+    async def pending_approvals_in(
+        self, tenant: Tenant, channel_id: str, now: datetime
+    ) -> list[PendingApproval]:
+        """Requests made in ``channel_id`` still waiting for a decision at ``now`` (aware),
+        oldest first.
+
+        Raises:
+            ValueError: ``now`` is naive.
+        """
+        async with self._sessions() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        ApprovalRequest.tool,
+                        ApprovalRequest.target,
+                        ApprovalRequest.requested_by,
+                        ApprovalRequest.expires_at,
+                    )
+                    .where(
+                        ApprovalRequest.tenant_id == tenant.id,
+                        ApprovalRequest.channel_id == channel_id,
+                        ApprovalRequest.state == State.PENDING.value,
+                        ApprovalRequest.expires_at > to_utc(now),
+                    )
+                    .order_by(ApprovalRequest.created_at, ApprovalRequest.id)
+                )
+            ).all()
+        return [
+            PendingApproval(tool, target, requested_by, aware(expires_at))
+            for tool, target, requested_by, expires_at in rows
+        ]
+
+    async def activity_in(self, tenant: Tenant, channel_id: str, since: datetime) -> UsageFigures:
+        """Turns, tool calls and LLM tokens of the conversations in ``channel_id`` at or after
+        ``since`` (aware)."""
+        in_channel = (
+            select(Conversation.id)
+            .where(Conversation.tenant_id == tenant.id, Conversation.channel_id == channel_id)
+            .scalar_subquery()
+        )
+        turns_in_channel = (
+            select(Turn.id)
+            .where(Turn.tenant_id == tenant.id, Turn.conversation_id.in_(in_channel))
+            .scalar_subquery()
+        )
+        since = to_utc(since)
+        async with self._sessions() as session:
+            turns = (
+                await session.execute(
+                    select(
+                        func.count(func.distinct(Turn.conversation_id)),
+                        func.count(Turn.id),
+                        func.count(Turn.id).filter(Turn.status.in_(FAILED_TURN)),
+                    ).where(
+                        Turn.tenant_id == tenant.id,
+                        Turn.conversation_id.in_(in_channel),
+                        Turn.started_at >= since,
+                        Turn.status != NOTE,  # notes record events, not exchanges
+                    )
+                )
+            ).one()
+            tools = (
+                await session.execute(
+                    select(
+                        ToolCall.tool,
+                        func.count(ToolCall.id),
+                        func.count(ToolCall.id).filter(ToolCall.status.in_(FAILED_TOOL_CALL)),
+                    )
+                    .where(
+                        ToolCall.tenant_id == tenant.id,
+                        ToolCall.turn_id.in_(turns_in_channel),
+                        ToolCall.created_at >= since,
+                    )
+                    .group_by(ToolCall.tool)
+                    .order_by(ToolCall.tool)
+                )
+            ).all()
+            tokens = (
+                await session.execute(
+                    select(
+                        func.coalesce(func.sum(LLMUsage.prompt_tokens), 0),
+                        func.coalesce(func.sum(LLMUsage.completion_tokens), 0),
+                    ).where(
+                        LLMUsage.tenant_id == tenant.id,
+                        LLMUsage.turn_id.in_(turns_in_channel),
+                        LLMUsage.created_at >= since,
+                    )
+                )
+            ).one()
+        return UsageFigures(
+            conversations=turns[0],
+            turns=turns[1],
+            tool_calls={name: count for name, count, _ in tools},
+            prompt_tokens=int(tokens[0]),
+            completion_tokens=int(tokens[1]),
+            errors=turns[2] + sum(failed for _, _, failed in tools),
+        )
+
+    async def latest_run_before(
+        self, tenant: Tenant, subscription_id: int, before: datetime
+    ) -> datetime | None:
+        """The scheduled time (aware UTC) of the subscription's latest run, scheduled or
+        ``now``, before ``before`` (aware) that was not skipped; ``None`` when there is none.
+
+        Raises:
+            ValueError: ``before`` is naive.
+        """
+        async with self._sessions() as session:
+            latest = await session.scalar(
+                select(func.max(BriefingDelivery.scheduled_for)).where(
+                    BriefingDelivery.tenant_id == tenant.id,
+                    BriefingDelivery.subscription_id == subscription_id,
+                    BriefingDelivery.scheduled_for < to_utc(before),
+                    BriefingDelivery.state != DeliveryState.SKIPPED.value,
+                )
+            )
+        return aware(latest) if latest is not None else None
 
     async def deliveries(self, tenant: Tenant, subscription_id: int) -> list[Delivery]:
         """The subscription's runs, oldest first."""
