@@ -347,9 +347,13 @@ class TurnBudget:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._slot is not None:
-            await self._budgets._slots.release(self.tenant, self._slot)
-            self._slot = None
+        if self._slot is None:
+            return
+        slot, self._slot = self._slot, None
+        try:
+            await self._budgets._slots.release(self.tenant, slot)
+        except Exception as exc:  # the turn is done; its lease expires on its own
+            log.warning("turn_slot_release_failed", tenant=self.tenant.id, error=repr(exc))
 
     async def check(self, pending: Sequence[Usage] = ()) -> None:
         """Before an LLM call: raise :class:`OverLimit` when the workspace's daily tokens or
