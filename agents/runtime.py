@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import structlog
 from slack_sdk.web.async_client import AsyncWebClient
 
+from agents.budgets import Budgets, OverLimit, TurnBudget
 from agents.llm import NOT_CONFIGURED_HINT, Completion, LLMClient, LLMError, ToolCallRequest
 from agents.memory import estimate_tokens, fit_history
 from agents.personas import Persona
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-TurnStatus = Literal["ok", "max_steps", "error", "not_configured"]
+TurnStatus = Literal["ok", "max_steps", "error", "not_configured", "limited"]
 RESULT_LIMIT = 8_000  # characters of one tool result given back to the model
 SUMMARY_LIMIT = 500  # characters of a result kept in the audit trail
 
@@ -73,7 +75,9 @@ class AgentRuntime:
     ``tool_timeout`` is in seconds per tool call; ``context_tokens`` is the history budget
     (approximate tokens, see :mod:`agents.memory`). Tool calls pass the workspace's action
     policy first (:class:`agents.policy.ActionGate`): write tools needing approval become
-    requests shown by ``notifier`` that wait up to ``approval_ttl``.
+    requests shown by ``notifier`` that wait up to ``approval_ttl``. ``budgets`` admits each
+    turn and each LLM call and picks the model (:mod:`agents.budgets`); without it (tests,
+    benches) nothing is limited and a persona's model is used as set.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class AgentRuntime:
         context_tokens: int,
         notifier: ApprovalNotifier | None = None,
         approval_ttl: timedelta = DEFAULT_TTL,
+        budgets: Budgets | None = None,
     ) -> None:
         self.llm = llm
         self.registry = registry
@@ -94,6 +99,7 @@ class AgentRuntime:
         self.default_model = default_model
         self.tool_timeout = tool_timeout
         self.context_tokens = context_tokens
+        self.budgets = budgets
         self.gate = ActionGate(
             repos=repos,
             registry=registry,
@@ -135,7 +141,12 @@ class AgentRuntime:
             )
 
         try:
-            await self._loop(request, turn_id, history, new_messages, outcome)
+            async with self._admit(request) as budget:
+                await self._loop(request, turn_id, history, new_messages, outcome, budget)
+        except OverLimit as exc:
+            # The person's message (and any tool round already done) is stored: nothing lost.
+            outcome.status, outcome.text = "limited", exc.refusal.message
+            await finish("limited", f"over the limit {exc.refusal.limit.value}")
         except LLMError as exc:
             log.warning("llm_call_failed", tenant=request.tenant.id, reason=str(exc))
             outcome.status = "error"
@@ -161,6 +172,7 @@ class AgentRuntime:
         history: list[dict[str, Any]],
         new_messages: list[dict[str, Any]],
         outcome: TurnOutcome,
+        budget: TurnBudget | None,
     ) -> None:
         persona = request.persona
         tools = self.registry.for_persona(persona)
@@ -178,6 +190,8 @@ class AgentRuntime:
         policy: ActionPolicy | None = None  # loaded at the turn's first tool call
         steps = 0
         while True:
+            if budget is not None:
+                await budget.check(outcome.usage)
             completion = await self._complete(request, [system, *history, *new_messages], specs)
             outcome.usage.append(
                 LLMCallUsage(
@@ -196,10 +210,16 @@ class AgentRuntime:
             steps += 1
             if policy is None:
                 policy = await self.gate.policy(request.tenant)
-            for call in completion.tool_calls:
+            calls = completion.tool_calls
+            allowed = budget.allowed_tool_calls(len(calls)) if budget else len(calls)
+            for call in calls[:allowed]:
                 run, content = await self._run_tool(call, context, turn_id, policy)
                 outcome.tool_runs.append(run)
                 new_messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+            for call in calls[allowed:]:  # not run: one reply cannot flood tools or approvals
+                new_messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": _over_tool_limit(allowed)}
+                )
         # Every tool_calls message needs its tool results, or the stored history is invalid.
         for call in completion.tool_calls:
             new_messages.append(
@@ -216,11 +236,22 @@ class AgentRuntime:
     ) -> Completion:
         persona = request.persona
         return await self.llm.complete(
-            model=persona.model or self.default_model,
+            model=self.model_for(persona),
             messages=messages,
             tools=specs,
             temperature=persona.temperature,
         )
+
+    def model_for(self, persona: Persona) -> str:
+        """The model a persona's calls use (an admin's pick only while it is allowed)."""
+        if self.budgets is None:
+            return persona.model or self.default_model
+        return self.budgets.models.resolve(persona.model)
+
+    def _admit(self, request: TurnRequest) -> AbstractAsyncContextManager[TurnBudget | None]:
+        if self.budgets is None:
+            return nullcontext()
+        return self.budgets.turn(request.tenant, request.user_id)
 
     async def _run_tool(
         self, call: ToolCallRequest, context: ToolContext, turn_id: int, policy: ActionPolicy
@@ -279,6 +310,13 @@ class AgentRuntime:
             f"{request.channel_id}. The workspace timezone is {request.timezone}. "
             f"It is now {now}."
         )
+
+
+def _over_tool_limit(allowed: int) -> str:
+    return (
+        f"not run: at most {allowed} tool calls of one reply are executed. Ask for the "
+        "remaining ones in your next reply if they are still needed."
+    )
 
 
 def _raw_arguments(raw: str) -> dict[str, Any]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from agents.budgets import Budgets, SpendReport
 from agents.llm import LLMClient
 from agents.personas import Persona
 from storage.repositories.metrics import LastError, MetricsRepository
@@ -32,6 +33,7 @@ class PersonaStatus:
     uptime_seconds: float
     version: str
     last_error: LastError | None
+    budget: SpendReport
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,11 @@ class PersonaStatus:
             "integrations": self.integrations,
             "uptime_seconds": round(self.uptime_seconds),
             "version": self.version,
+            "llm_usage_today": {
+                "tokens": self.budget.tokens_today,
+                "usd": round(self.budget.usd_today, 4),
+                "limits": asdict(self.budget.limits),
+            },
             "last_error": (
                 {
                     "at": self.last_error.at.isoformat(timespec="seconds"),
@@ -61,12 +68,12 @@ class StatusBoard:
         self,
         *,
         version: str,
-        default_model: str,
         llm: LLMClient | None,
         metrics: MetricsRepository,
+        budgets: Budgets,
     ) -> None:
         self.version = version
-        self.default_model = default_model
+        self.budgets = budgets
         self._llm = llm
         self._metrics = metrics
         self._checks: dict[str, WorkspaceCheck] = {}
@@ -80,21 +87,27 @@ class StatusBoard:
         """A check that receives the workspace asking (its integrations' states differ)."""
         self._checks[name] = check
 
-    async def collect(self, tenant: Tenant, persona: Persona) -> PersonaStatus:
-        llm_state, checks, last_error = await asyncio.gather(
+    async def collect(
+        self, tenant: Tenant, persona: Persona, user_id: str | None = None
+    ) -> PersonaStatus:
+        """The persona's health in ``tenant``, with the workspace's LLM usage today against
+        its limits (``user_id``'s own turns left this minute when given)."""
+        llm_state, checks, last_error, budget = await asyncio.gather(
             self._llm_state(),
             asyncio.gather(*(_run_check(check(tenant)) for check in self._checks.values())),
             self._metrics.last_error(tenant, persona.name),
+            self.budgets.report(tenant, user_id),
         )
         return PersonaStatus(
             persona=persona,
-            model=persona.model or self.default_model,
+            model=self.budgets.models.resolve(persona.model),
             llm=llm_state[1],
             llm_ok=llm_state[0],
             integrations=dict(zip(self._checks, checks, strict=True)),
             uptime_seconds=time.monotonic() - self._started,
             version=self.version,
             last_error=last_error,
+            budget=budget,
         )
 
     async def _llm_state(self) -> tuple[bool, str]:

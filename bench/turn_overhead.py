@@ -114,6 +114,13 @@ def jamono(workdir: Path, llm: FakeLLM, database_url: str | None, redis_url: str
             "OPENAI_API_KEY": "sk-bench",
             "JAMONO_MODEL": "fake-model",
             "LOG_LEVEL": "WARNING",
+            # One user sends every mention: limits high enough to admit them all, so the
+            # figures include the limiter's checks but no refusals.
+            "JAMONO_TURNS_PER_MINUTE_USER": "1000000",
+            "JAMONO_TURNS_PER_MINUTE_WORKSPACE": "1000000",
+            "JAMONO_CONCURRENT_TURNS": "1000",
+            "JAMONO_TOKENS_PER_DAY": "1000000000000",
+            "JAMONO_USD_PER_DAY": "1000000",
         }
         if redis_url:
             settings["REDIS_URL"] = redis_url

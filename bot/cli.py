@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import asdict
 
 import structlog
 
@@ -80,7 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser(
         "config",
         help="change a workspace's configuration, as /nox-config does",
-        description="Same words as /nox-config, e.g.: jamono config --team T0123 atlas enable",
+        description=(
+            "Same words as /nox-config, e.g.: jamono config --team T0123 atlas enable. "
+            "Also, for the operator only: `limit` (the workspace's limits), "
+            "`limit NAME VALUE` and `limit NAME default` (budgets and limits on LLM turns; "
+            "0 is no limit)"
+        ),
     )
     config.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
     config.add_argument("--org", action="store_true", help="the id is an org-wide install's")
@@ -264,6 +270,8 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     from bot.commands import CommandRequest, CommandRouter
 
     tenant = _tenant(args)
+    if args.words[:1] == ["limit"]:
+        return _config_limit(settings, tenant, args.words[1:])
 
     async def main() -> None:
         async with _services(settings) as services:
@@ -278,6 +286,37 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
                 )
             )
             print(reply.text)
+
+    return _execute(main())
+
+
+def _config_limit(settings: Settings, tenant: Tenant, words: list[str]) -> int:
+    """``limit [NAME VALUE|default]``: a workspace's budgets, settable only here because its
+    own admins are outside parties (agents/budgets.py)."""
+    from agents.budgets import limit_named, parse_limit
+
+    if len(words) not in (0, 2):
+        print("Usage: jamono config --team T limit [NAME VALUE|default]", file=sys.stderr)
+        return 2
+    value: float | None = None
+    try:
+        if words:
+            name, text = words
+            value = None if text == "default" else parse_limit(name, text)
+            limit_named(name)
+    except ValueError as exc:
+        print(f"Cannot change the limit: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with _services(settings) as services:
+            if words:
+                await services.repos.budgets.set_override(tenant, words[0], value, "cli")
+            limits = await services.budgets.limits_for(tenant)
+            overrides = await services.repos.budgets.overrides(tenant)
+            for name, current in asdict(limits).items():
+                source = "set for this workspace" if name in overrides else "default"
+                print(f"{name} = {current} ({'off' if not current else source})")
 
     return _execute(main())
 

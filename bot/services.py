@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agents.budgets import DEFAULT_PRICES, Budgets, Limits, ModelChoice, PriceTable
 from agents.connections import INTEGRATIONS, Connections, Defaults
 from agents.llm import LLMClient
 from agents.runtime import AgentRuntime
@@ -66,6 +67,7 @@ class Services:
     repos: Repositories
     redis: Redis | None
     llm: LLMClient | None
+    budgets: Budgets
     status: StatusBoard
     connections: Connections
     runtime: AgentRuntime
@@ -112,8 +114,9 @@ class Services:
         )
         if llm is not None:
             resources.push_async_callback(llm.close)
+        budgets = build_budgets(settings, repos, redis)
         status = StatusBoard(
-            version=__version__, default_model=settings.model, llm=llm, metrics=repos.metrics
+            version=__version__, llm=llm, metrics=repos.metrics, budgets=budgets
         )
         cross_session = build_cross_session(settings)
         status.register_check("database", lambda: _ok(ping(engine)))
@@ -149,6 +152,7 @@ class Services:
             context_tokens=settings.context_tokens,
             notifier=SlackApprovalNotifier(repos),
             approval_ttl=timedelta(hours=settings.approval_ttl),
+            budgets=budgets,
         )
         if cross_session is not None:
             await cross_session.start()
@@ -171,6 +175,7 @@ class Services:
             default_model=settings.model,
             grace=timedelta(seconds=settings.briefing_grace),
             min_interval=timedelta(seconds=settings.briefing_min_interval),
+            budgets=budgets,
         )
         return cls(
             settings=settings,
@@ -178,6 +183,7 @@ class Services:
             repos=repos,
             redis=redis,
             llm=llm,
+            budgets=budgets,
             status=status,
             connections=connections,
             runtime=runtime,
@@ -192,6 +198,24 @@ class Services:
     async def close(self) -> None:
         """Close what :meth:`start` opened, newest first (Slack's pool before the database)."""
         await self.resources.aclose()
+
+
+def build_budgets(settings: Settings, repos: Repositories, redis: Redis | None) -> Budgets:
+    """The limits on LLM turns from the ``JAMONO_…`` budget settings (agents/budgets.py)."""
+    return Budgets(
+        defaults=Limits(
+            turns_per_minute_user=settings.turns_per_minute_user,
+            turns_per_minute_workspace=settings.turns_per_minute_workspace,
+            concurrent_turns=settings.concurrent_turns,
+            tokens_per_day=settings.tokens_per_day,
+            usd_per_day=settings.usd_per_day,
+            tool_calls_per_reply=settings.tool_calls_per_reply,
+        ),
+        prices=PriceTable({**DEFAULT_PRICES, **settings.llm_prices}, settings.llm_default_price),
+        models=ModelChoice(settings.model, settings.model_choices),
+        repo=repos.budgets,
+        redis=redis,
+    )
 
 
 def integration_defaults(settings: Settings) -> Defaults:

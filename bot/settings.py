@@ -5,17 +5,27 @@ Values come from the environment, then from a ``.env`` file in the working direc
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeFloat,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.logs import Redactor
 from integrations.egress import EgressPolicy, parse_networks
 from integrations.pools import PoolLimits
 from storage.db import async_url
 from storage.secrets import SecretBox, parse_keys
+
+Price = tuple[NonNegativeFloat, NonNegativeFloat]  # USD per million tokens: input, output
 
 
 class Settings(BaseSettings):
@@ -163,6 +173,35 @@ class Settings(BaseSettings):
     briefing_min_interval: float = Field(
         3600.0, ge=60, validation_alias=AliasChoices("JAMONO_BRIEFING_MIN_INTERVAL")
     )
+    # Budgets and limits on LLM turns (agents/budgets.py). 0 turns a limit off; the operator
+    # overrides them per workspace with `jamono config --team T limit NAME VALUE`.
+    turns_per_minute_user: int = Field(
+        10, ge=0, validation_alias=AliasChoices("JAMONO_TURNS_PER_MINUTE_USER")
+    )
+    turns_per_minute_workspace: int = Field(
+        60, ge=0, validation_alias=AliasChoices("JAMONO_TURNS_PER_MINUTE_WORKSPACE")
+    )
+    concurrent_turns: int = Field(
+        10, ge=0, validation_alias=AliasChoices("JAMONO_CONCURRENT_TURNS")
+    )
+    tokens_per_day: int = Field(
+        2_000_000, ge=0, validation_alias=AliasChoices("JAMONO_TOKENS_PER_DAY")
+    )  # per workspace, since 00:00 UTC
+    usd_per_day: float = Field(
+        5.0, ge=0, validation_alias=AliasChoices("JAMONO_USD_PER_DAY")
+    )  # per workspace, since 00:00 UTC, priced by JAMONO_LLM_PRICES
+    tool_calls_per_reply: int = Field(
+        8, ge=0, validation_alias=AliasChoices("JAMONO_TOOL_CALLS_PER_REPLY")
+    )
+    allowed_models: str = Field(
+        "", validation_alias=AliasChoices("JAMONO_ALLOWED_MODELS")
+    )  # comma-separated models admins may pick; JAMONO_MODEL is always allowed
+    llm_prices: Annotated[dict[str, Price], NoDecode] = Field(
+        default_factory=dict, validation_alias=AliasChoices("JAMONO_LLM_PRICES")
+    )  # JSON {"model": [input, output]} in USD per million tokens, over the built-in table
+    llm_default_price: Annotated[Price, NoDecode] = Field(
+        (10.0, 30.0), validation_alias=AliasChoices("JAMONO_LLM_DEFAULT_PRICE")
+    )  # JSON [input, output]: the price of a model not in the table
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -173,6 +212,18 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("llm_prices", "llm_default_price", mode="before")
+    @classmethod
+    def _json(cls, value: object) -> object:
+        # Decoded here rather than by pydantic-settings, so bad JSON is reported like any
+        # other bad value (SettingsError), not raised as a traceback.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else None
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg})") from None
+        return value
 
     @field_validator("database_url")
     @classmethod
@@ -284,6 +335,13 @@ class Settings(BaseSettings):
         if self.gateway_secret is not None and len(self.gateway_secret.get_secret_value()) < 32:
             problems.append("JAMONO_GATEWAY_SECRET must be at least 32 characters (RFC 7518 §3.2)")
         return problems
+
+    @property
+    def model_choices(self) -> frozenset[str]:
+        """``JAMONO_ALLOWED_MODELS`` with ``JAMONO_MODEL``: the models admins may pick."""
+        return frozenset(
+            m.strip() for m in self.allowed_models.split(",") if m.strip()
+        ) | {self.model}
 
     @property
     def llm_configured(self) -> bool:

@@ -161,6 +161,22 @@ class WorkspaceSettings(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class WorkspaceLimit(Base):
+    """An operator's override of one budget or limit for one workspace (see agents/budgets.py).
+
+    Set only with ``jamono config --team T limit NAME VALUE``: a workspace's own admins are
+    outside parties and must not raise their own budget.
+    """
+
+    __tablename__ = "workspace_limits"
+
+    tenant_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str | None] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class EventClaim(Base):
     """A claimed Slack delivery (``event_id`` or message identity) when there is no Redis."""
 

@@ -26,6 +26,7 @@ from slack_sdk.errors import SlackApiError, SlackTokenRotationError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
+from agents.budgets import Budgets
 from agents.llm import LLMClient, LLMError
 from agents.personas import Persona
 from bot.briefings.clients import NotInstalled, TeamClients
@@ -109,6 +110,7 @@ class Briefings:
         grace: timedelta,
         min_interval: timedelta = timedelta(0),
         max_preparing: int = 50,
+        budgets: Budgets | None = None,
     ) -> None:
         self.repos = repos
         self.sources = sources
@@ -117,6 +119,7 @@ class Briefings:
         self.default_model = default_model
         self.grace = grace
         self.min_interval = min_interval
+        self.budgets = budgets  # the workspace's daily LLM budgets bound the opening too
         self._preparing = asyncio.Semaphore(max_preparing)
         self._shared = Shared()
         self._channel_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -329,10 +332,17 @@ class Briefings:
         in the workspace's usage."""
         if self.llm is None:
             return None
+        model = persona.model or self.default_model
+        if self.budgets is not None:
+            model = self.budgets.models.resolve(persona.model)
+            refusal = await self.budgets.spend_refusal(tenant)
+            if refusal is not None:
+                log.info("briefing_opening_over_budget", limit=refusal.limit.value)
+                return None
         data = "\n\n".join(_for_model(content) for content in sections)[:OPENING_DATA_LIMIT]
         try:
             completion = await self.llm.complete(
-                model=persona.model or self.default_model,
+                model=model,
                 messages=[
                     {"role": "system", "content": persona.instructions()},
                     {

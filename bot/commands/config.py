@@ -5,7 +5,8 @@ Grammar: ``[persona] verb [value]``; the persona defaults to the command's own.
 =========================  =========================================================
 ``show``                   the workspace's configuration (anyone may look)
 ``enable`` / ``disable``   turn the persona on or off in this workspace
-``model NAME|default``     the persona's model (default: the deployment's JAMONO_MODEL)
+``model NAME|default``     the persona's model, one of JAMONO_ALLOWED_MODELS (default:
+                           the deployment's JAMONO_MODEL)
 ``temperature T|default``  sampling temperature, 0 to 2
 ``instructions TEXT|clear`` extra instructions added to the persona's system prompt
 ``bind [#channel]``        the persona answers mentions in that channel (default: here)
@@ -75,9 +76,17 @@ async def apply(invocation: Invocation, target: Persona, verb: str, value: str) 
         case "model":
             if not value:
                 raise ConfigError("Name a model, or `default`.")
+            choice = invocation.services.budgets.models
             model = None if value == "default" else value
+            if model is not None and not choice.allows(model):
+                # Calls are billed to the operator's key: only the models they allowed.
+                raise ConfigError(
+                    f"`{model}` is not one of the models this deployment allows: "
+                    + ", ".join(f"`{m}`" for m in sorted(choice.allowed))
+                    + ". The operator sets the list (JAMONO_ALLOWED_MODELS)."
+                )
             await repo.update_persona(tenant, target.name, actor, model=model)
-            return f"{name} now uses model `{model or invocation.services.settings.model}`."
+            return f"{name} now uses model `{choice.resolve(model)}`."
         case "temperature":
             temperature = None if value == "default" else _temperature(value)
             await repo.update_persona(tenant, target.name, actor, temperature=temperature)
@@ -155,12 +164,19 @@ async def show(invocation: Invocation) -> Reply:
     config = invocation.config
     policy = await invocation.services.repos.policy.load(invocation.request.tenant)
     lines = [f"*Workspace timezone:* {config.timezone}"]
+    models = invocation.services.budgets.models
     for name in personas.BUILTIN:
         persona = personas.effective(name, config)
         channels = [c for c, p in config.bindings.items() if p == name]
         lines.append(
             f"*{persona.display_name}* — {'enabled' if persona.enabled else 'disabled'}; "
-            f"model `{persona.model or invocation.services.settings.model}`; "
+            f"model `{models.resolve(persona.model)}`"
+            + (
+                f" (`{persona.model}` is no longer allowed)"
+                if persona.model and not models.allows(persona.model)
+                else ""
+            )
+            + "; "
             f"temperature {persona.temperature:g}"
             + (f"; channels {' '.join(f'<#{c}>' for c in channels)}" if channels else "")
             + (

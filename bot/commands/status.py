@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from agents.budgets import SpendReport
 from bot.commands.base import Invocation
 from bot.render import Reply, context, header, section
 
 
 async def run(invocation: Invocation) -> Reply:
     persona = invocation.persona
-    status = await invocation.services.status.collect(invocation.request.tenant, persona)
+    status = await invocation.services.status.collect(
+        invocation.request.tenant, persona, invocation.request.user_id
+    )
     integrations = "\n".join(f"• {name}: {state}" for name, state in status.integrations.items())
     last_error = (
         f"{status.last_error.at:%Y-%m-%d %H:%M} UTC — {status.last_error.source}: "
@@ -22,6 +27,7 @@ async def run(invocation: Invocation) -> Reply:
         f"*Model:* `{status.model}` (temperature {persona.temperature:g})\n"
         f"*LLM:* {llm_mark} {status.llm}\n"
         f"*Integrations:*\n{integrations or '• none configured'}\n"
+        f"{_budget(status.budget)}\n"
         f"*Uptime:* {_duration(status.uptime_seconds)}   *Version:* {status.version}\n"
         f"*Last error:* {last_error}"
     )
@@ -29,6 +35,47 @@ async def run(invocation: Invocation) -> Reply:
     if not persona.enabled:
         blocks.append(context(f"{persona.display_name} is disabled in this workspace."))
     return Reply(text=f"{persona.display_name} status\n{text}", blocks=blocks)
+
+
+def _budget(report: SpendReport) -> str:
+    """Today's LLM usage against the daily budgets, and the limits in force."""
+    limits = report.limits
+    tokens = f"{report.tokens_today:,} of " + (
+        f"{limits.tokens_per_day:,} tokens" if limits.tokens_per_day else "unlimited tokens"
+    )
+    usd = f"${report.usd_today:,.2f} of " + (
+        f"${limits.usd_per_day:,.2f}" if limits.usd_per_day else "an unlimited budget"
+    )
+    now = datetime.now(UTC)
+    rates = [
+        _rate(limits.turns_per_minute_user, "turns a minute per person", report.user_turns_left,
+              "you have"),
+        _rate(limits.turns_per_minute_workspace, "turns a minute in the workspace",
+              report.workspace_turns_left, ""),
+        (
+            f"{limits.concurrent_turns} answers at once ({report.turns_running} running)"
+            if limits.concurrent_turns
+            else f"no limit on answers at once ({report.turns_running} running)"
+        ),
+        (
+            f"{limits.tool_calls_per_reply} tool calls per model reply"
+            if limits.tool_calls_per_reply
+            else "no limit on tool calls per model reply"
+        ),
+    ]
+    return (
+        f"*LLM usage today:* {tokens}; {usd} — resets at 00:00 UTC "
+        f"(in {_duration((report.resets_at - now).total_seconds())})\n"
+        f"*Limits:* " + " · ".join(rates)
+    )
+
+
+def _rate(limit: int, what: str, left: int | None, who: str) -> str:
+    if not limit:
+        return f"no limit on {what}"
+    if left is None:
+        return f"{limit} {what}"
+    return f"{limit} {what} ({who + ' ' if who else ''}{left} left now)"
 
 
 def _duration(seconds: float) -> str:

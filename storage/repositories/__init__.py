@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from storage.repositories.approvals import ApprovalRepository
 from storage.repositories.audit import AuditRepository
 from storage.repositories.briefings import BriefingRepository
+from storage.repositories.budgets import BudgetRepository
 from storage.repositories.claims import ClaimRepository
 from storage.repositories.config import ConfigRepository
 from storage.repositories.conversations import ConversationRepository
@@ -34,6 +35,7 @@ class Repositories:
     policy: PolicyRepository
     events: EventRepository
     briefings: BriefingRepository
+    budgets: BudgetRepository
 
     @classmethod
     def over(
@@ -51,4 +53,5 @@ class Repositories:
             policy=PolicyRepository(sessions),
             events=EventRepository(sessions),
             briefings=BriefingRepository(sessions),
+            budgets=BudgetRepository(sessions),
         )
