@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -31,6 +35,11 @@ log = structlog.get_logger(__name__)
 TurnStatus = Literal["ok", "max_steps", "error", "not_configured"]
 RESULT_LIMIT = 8_000  # characters of one tool result given back to the model
 SUMMARY_LIMIT = 500  # characters of a result kept in the audit trail
+
+
+def new_instance_id() -> str:
+    """A process id unique across hosts and restarts: ``{hostname}-{pid}-{6 hex}``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,11 @@ class AgentRuntime:
     (approximate tokens, see :mod:`agents.memory`). Tool calls pass the workspace's action
     policy first (:class:`agents.policy.ActionGate`): write tools needing approval become
     requests shown by ``notifier`` that wait up to ``approval_ttl``.
+
+    Each step (the user's message, an LLM reply, a tool result) is stored as it happens, in
+    turns owned by ``owner`` (this process's instance id; unique by default), so a process
+    killed mid-turn leaves in memory what really ran and its turns can be closed
+    (:meth:`storage.repositories.conversations.ConversationRepository.close_orphans`).
     """
 
     def __init__(
@@ -87,8 +101,10 @@ class AgentRuntime:
         context_tokens: int,
         notifier: ApprovalNotifier | None = None,
         approval_ttl: timedelta = DEFAULT_TTL,
+        owner: str | None = None,
     ) -> None:
         self.llm = llm
+        self.owner = owner or new_instance_id()
         self.registry = registry
         self.repos = repos
         self.default_model = default_model
@@ -111,31 +127,47 @@ class AgentRuntime:
             return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
         started = time.perf_counter()
         persona = request.persona
+        new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
         turn_id, stored = await self.repos.conversations.begin_turn(
-            request.tenant, request.channel_id, request.thread_ts, persona.name, request.user_id
+            request.tenant,
+            request.channel_id,
+            request.thread_ts,
+            persona.name,
+            request.user_id,
+            owner=self.owner,
+            messages=new_messages,
+            tokens=[estimate_tokens(new_messages[0])],
         )
         history = fit_history(stored, self.context_tokens)
-        new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
         outcome = TurnOutcome(text="", status="ok")
+        recorded = [len(new_messages), 0]  # messages and LLM calls already stored
+
+        async def record() -> None:
+            messages, usage = new_messages[recorded[0] :], outcome.usage[recorded[1] :]
+            recorded[:] = len(new_messages), len(outcome.usage)
+            await self.repos.conversations.record_step(
+                request.tenant, turn_id, messages, [estimate_tokens(m) for m in messages], usage
+            )
 
         async def finish(status: str, error: str | None) -> None:
             # Shielded: a turn cut short by shutdown still stores what it did, so the
             # thread's memory and the audit stay whole.
+            messages = new_messages[recorded[0] :]
             await asyncio.shield(
                 self.repos.conversations.finish_turn(
                     request.tenant,
                     turn_id,
-                    new_messages,
-                    [estimate_tokens(m) for m in new_messages],
+                    messages,
+                    [estimate_tokens(m) for m in messages],
                     status,
                     error,
                     round((time.perf_counter() - started) * 1000),
-                    outcome.usage,
+                    outcome.usage[recorded[1] :],
                 )
             )
 
         try:
-            await self._loop(request, turn_id, history, new_messages, outcome)
+            await self._loop(request, turn_id, history, new_messages, outcome, record)
         except LLMError as exc:
             log.warning("llm_call_failed", tenant=request.tenant.id, reason=str(exc))
             outcome.status = "error"
@@ -161,6 +193,7 @@ class AgentRuntime:
         history: list[dict[str, Any]],
         new_messages: list[dict[str, Any]],
         outcome: TurnOutcome,
+        record: Callable[[], Awaitable[None]],
     ) -> None:
         persona = request.persona
         tools = self.registry.for_persona(persona)
@@ -196,10 +229,12 @@ class AgentRuntime:
             steps += 1
             if policy is None:
                 policy = await self.gate.policy(request.tenant)
+            await record()  # the calls are in memory before any of them runs
             for call in completion.tool_calls:
                 run, content = await self._run_tool(call, context, turn_id, policy)
                 outcome.tool_runs.append(run)
                 new_messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+                await record()  # what ran is in memory even if the process dies next
         # Every tool_calls message needs its tool results, or the stored history is invalid.
         for call in completion.tool_calls:
             new_messages.append(

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         15.0, ge=1, le=20, validation_alias=AliasChoices("JAMONO_LEADER_LEASE")
     )
 
+    # Turns that die mid-way (issue 10, helper 7): seconds between heartbeats of the turns a
+    # process runs; a turn silent for 4 heartbeats belongs to a dead process and is closed.
+    turn_heartbeat: float = Field(
+        15.0, ge=0.5, le=300, validation_alias=AliasChoices("JAMONO_TURN_HEARTBEAT")
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
