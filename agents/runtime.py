@@ -144,10 +144,10 @@ class AgentRuntime:
 
         async def record() -> None:
             messages, usage = new_messages[recorded[0] :], outcome.usage[recorded[1] :]
-            recorded[:] = len(new_messages), len(outcome.usage)
             await self.repos.conversations.record_step(
                 request.tenant, turn_id, messages, [estimate_tokens(m) for m in messages], usage
             )
+            recorded[:] = len(new_messages), len(outcome.usage)  # else finish stores them
 
         async def finish(status: str, error: str | None) -> None:
             # Shielded: a turn cut short by shutdown still stores what it did, so the

@@ -47,6 +47,7 @@ DM_SESSION_IDLE = timedelta(hours=4)
 WORKING_REACTION = "eyes"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 ORPHAN_AFTER = 4  # heartbeats missed before a turn's owner counts as dead
+SLACK_TS = re.compile(r"^\d+\.\d+$")
 ClientFor = Callable[[str], Awaitable[AsyncWebClient | None]]
 
 
@@ -242,7 +243,10 @@ class TurnWatch:
                 owner=turn.owner,
                 tools=[call.tool for call in turn.tool_calls],
             )
-            await self._tell(turn)
+            try:
+                await self._tell(turn)
+            except Exception as exc:  # the turn is closed; one failed notice must not stop others
+                log.error("interruption_notice_failed", turn_id=turn.turn_id, error=repr(exc))
         return closed
 
     async def run(self) -> None:
@@ -268,6 +272,9 @@ class TurnWatch:
             f"Jamono told the user: {text}",
             estimate_tokens({"content": text}),
         )
+        thread = slack_thread(turn.thread_ts)
+        if thread is not None and not SLACK_TS.match(thread):
+            return  # not a Slack thread (a briefing's prompt): nobody waits there
         client = await self.client_for(turn.tenant_id)
         if client is None:
             return
@@ -277,7 +284,7 @@ class TurnWatch:
             reply = _signed(persona, reply)
         try:
             await client.chat_postMessage(
-                channel=turn.channel_id, thread_ts=slack_thread(turn.thread_ts), **reply.as_kwargs()
+                channel=turn.channel_id, thread_ts=thread, **reply.as_kwargs()
             )
         except SlackApiError as exc:
             log.error("interruption_notice_failed", turn_id=turn.turn_id, error=slack_error(exc))

@@ -115,6 +115,38 @@ async def test_kill_9_after_an_auto_approved_write_closes_the_turn_and_keeps_the
         assert await second.stop() == 0, second.output
 
 
+async def test_a_running_replica_closes_the_turn_of_a_replica_that_died(
+    http, slack, llm, sqlite_url, tmp_path
+):
+    # The turn dies while this replica already runs: its periodic sweep must notice.
+    process = await started(base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JAMONO_TURN_HEARTBEAT": "0.5",
+    }, tmp_path)
+    try:
+        engine = create_engine(sqlite_url)
+        try:
+            repos = Repositories.over(session_factory(engine))
+            dead, _ = await repos.conversations.begin_turn(
+                Tenant(team_id=ACME), "C0OPS", "1700000000.000100", "nox", ALICE,
+                owner="replica-b", messages=[{"role": "user", "content": "announce"}],
+                tokens=[5])
+            await repos.audit.record_tool_call(
+                Tenant(team_id=ACME), turn_id=dead, persona="nox", user_id=ALICE,
+                tool="slack_post_message", arguments={}, result_summary="posted <!channel>",
+                status="ok", duration_ms=2)
+        finally:
+            await engine.dispose()
+        # replica-b heartbeats no more; this one's sweep closes the turn after 4 × 0.5 s.
+        (notice,) = await slack.wait_for(
+            "chat.postMessage", lambda p: p.get("thread_ts") == "1700000000.000100")
+        assert "interrupted" in notice.params["text"]
+        assert "`slack_post_message`: posted &lt;!channel&gt;" in notice.params["text"]
+        assert await turn_statuses(sqlite_url) == ["interrupted", "note"]
+    finally:
+        assert await process.stop() == 0, process.output
+
+
 # The sweep: a dead owner is told from a live one, on SQLite and PostgreSQL ------------------
 
 T0 = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
