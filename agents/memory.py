@@ -9,6 +9,10 @@ from typing import Any
 
 from storage.repositories.conversations import StoredMessage
 
+NOT_RECORDED = (
+    "no result: the turn was interrupted before this call's result was recorded; "
+    "it may or may not have run"
+)
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
 MESSAGE_OVERHEAD = 4  # role and separators per message in the chat format
 
@@ -25,7 +29,9 @@ def fit_history(messages: Iterable[StoredMessage], budget: int) -> list[dict[str
     """The newest whole turns whose estimated tokens fit ``budget``, oldest first.
 
     Turns are kept whole so an assistant ``tool_calls`` message is never separated from its
-    ``tool`` results (Chat Completions rejects such a history).
+    ``tool`` results (Chat Completions rejects such a history). A turn interrupted between a
+    tool call and its recorded result (the process died) gets a ``tool`` message saying so in
+    place of the missing result.
     """
     turns = [list(group) for _, group in groupby(messages, key=lambda m: m.turn_id)]
     kept: list[list[StoredMessage]] = []
@@ -36,4 +42,25 @@ def fit_history(messages: Iterable[StoredMessage], budget: int) -> list[dict[str
             break
         kept.append(turn)
         used += cost
-    return [m.as_chat_message() for turn in reversed(kept) for m in turn]
+    return [m for turn in reversed(kept) for m in _answered(turn)]
+
+
+def _answered(turn: list[StoredMessage]) -> list[dict[str, Any]]:
+    """The turn's messages, each ``tool_calls`` message followed by a result for every call."""
+    messages: list[dict[str, Any]] = []
+    waiting: list[str] = []  # tool_call ids of the last tool_calls message still unanswered
+    for stored in turn:
+        message = stored.as_chat_message()
+        if message["role"] == "tool":
+            if message.get("tool_call_id") in waiting:
+                waiting.remove(message["tool_call_id"])
+        else:
+            messages.extend(_missing(waiting))
+            waiting = [call["id"] for call in message.get("tool_calls") or ()]
+        messages.append(message)
+    messages.extend(_missing(waiting))
+    return messages
+
+
+def _missing(call_ids: list[str]) -> list[dict[str, Any]]:
+    return [{"role": "tool", "tool_call_id": i, "content": NOT_RECORDED} for i in call_ids]

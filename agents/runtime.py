@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +37,11 @@ log = structlog.get_logger(__name__)
 TurnStatus = Literal["ok", "max_steps", "error", "not_configured", "limited"]
 RESULT_LIMIT = 8_000  # characters of one tool result given back to the model
 SUMMARY_LIMIT = 500  # characters of a result kept in the audit trail
+
+
+def new_instance_id() -> str:
+    """A process id unique across hosts and restarts: ``{hostname}-{pid}-{6 hex}``."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,11 @@ class AgentRuntime:
     requests shown by ``notifier`` that wait up to ``approval_ttl``. ``budgets`` admits each
     turn and each LLM call and picks the model (:mod:`agents.budgets`); without it (tests,
     benches) nothing is limited and a persona's model is used as set.
+
+    Each step (the user's message, an LLM reply, a tool result) is stored as it happens, in
+    turns owned by ``owner`` (this process's instance id; unique by default), so a process
+    killed mid-turn leaves in memory what really ran and its turns can be closed
+    (:meth:`storage.repositories.conversations.ConversationRepository.close_orphans`).
     """
 
     def __init__(
@@ -92,8 +106,10 @@ class AgentRuntime:
         notifier: ApprovalNotifier | None = None,
         approval_ttl: timedelta = DEFAULT_TTL,
         budgets: Budgets | None = None,
+        owner: str | None = None,
     ) -> None:
         self.llm = llm
+        self.owner = owner or new_instance_id()
         self.registry = registry
         self.repos = repos
         self.default_model = default_model
@@ -117,32 +133,50 @@ class AgentRuntime:
             return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
         started = time.perf_counter()
         persona = request.persona
+        new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
         turn_id, stored = await self.repos.conversations.begin_turn(
-            request.tenant, request.channel_id, request.thread_ts, persona.name, request.user_id
+            request.tenant,
+            request.channel_id,
+            request.thread_ts,
+            persona.name,
+            request.user_id,
+            owner=self.owner,
+            messages=new_messages,
+            tokens=[estimate_tokens(new_messages[0])],
         )
         history = fit_history(stored, self.context_tokens)
-        new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
         outcome = TurnOutcome(text="", status="ok")
+        recorded = [len(new_messages), 0]  # messages and LLM calls already stored
+
+        async def record() -> None:
+            messages, usage = new_messages[recorded[0] :], outcome.usage[recorded[1] :]
+            await self.repos.conversations.record_step(
+                request.tenant, turn_id, messages, [estimate_tokens(m) for m in messages], usage
+            )
+            recorded[:] = len(new_messages), len(outcome.usage)  # else finish stores them
 
         async def finish(status: str, error: str | None) -> None:
             # Shielded: a turn cut short by shutdown still stores what it did, so the
             # thread's memory and the audit stay whole.
+            messages = new_messages[recorded[0] :]
             await asyncio.shield(
                 self.repos.conversations.finish_turn(
                     request.tenant,
                     turn_id,
-                    new_messages,
-                    [estimate_tokens(m) for m in new_messages],
+                    messages,
+                    [estimate_tokens(m) for m in messages],
                     status,
                     error,
                     round((time.perf_counter() - started) * 1000),
-                    outcome.usage,
+                    outcome.usage[recorded[1] :],
                 )
             )
 
         try:
             async with self._admit(request) as budget:
-                await self._loop(request, turn_id, history, new_messages, outcome, budget)
+                await self._loop(
+                    request, turn_id, history, new_messages, outcome, budget, record
+                )
         except OverLimit as exc:
             # The person's message (and any tool round already done) is stored: nothing lost.
             outcome.status, outcome.text = "limited", exc.refusal.message
@@ -173,6 +207,7 @@ class AgentRuntime:
         new_messages: list[dict[str, Any]],
         outcome: TurnOutcome,
         budget: TurnBudget | None,
+        record: Callable[[], Awaitable[None]],
     ) -> None:
         persona = request.persona
         tools = self.registry.for_persona(persona)
@@ -212,10 +247,12 @@ class AgentRuntime:
                 policy = await self.gate.policy(request.tenant)
             calls = completion.tool_calls
             allowed = budget.allowed_tool_calls(len(calls)) if budget else len(calls)
+            await record()  # the calls are in memory before any of them runs
             for call in calls[:allowed]:
                 run, content = await self._run_tool(call, context, turn_id, policy)
                 outcome.tool_runs.append(run)
                 new_messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+                await record()  # what ran is in memory even if the process dies next
             for call in calls[allowed:]:  # not run: one reply cannot flood tools or approvals
                 new_messages.append(
                     {"role": "tool", "tool_call_id": call.id, "content": _over_tool_limit(allowed)}

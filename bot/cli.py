@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime
 
 import structlog
 
@@ -131,6 +133,21 @@ def _parser() -> argparse.ArgumentParser:
         parser_.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
         parser_.add_argument("--org", action="store_true", help="the id is an org-wide install's")
         parser_.set_defaults(handler=_connect, integration=integration)
+
+    audit = sub.add_parser("audit", help="a workspace's audit trail")
+    audit_sub = audit.add_subparsers(required=True, metavar="action")
+    export = audit_sub.add_parser(
+        "export",
+        help="print the trail as JSON Lines, newest first (tool calls and events)",
+        description="One JSON object a line: source, id, created_at, kind, actor, subject, "
+        "details. Only the given workspace's entries.",
+    )
+    export.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
+    export.add_argument("--org", action="store_true", help="the id is an org-wide install's")
+    export.add_argument("--since", required=True, help="24h, 7d or an ISO date (UTC)")
+    export.add_argument("--tool", help="only this tool's calls and the events about it")
+    export.add_argument("--user", help="only what this Slack user (U…) did")
+    export.set_defaults(handler=_audit_export)
 
     brief = sub.add_parser(
         "brief",
@@ -389,6 +406,40 @@ def _connect(settings: Settings, args: argparse.Namespace) -> int:
                 return 1
             print(f"Connected: {done}")
             return 0
+
+    return _execute(main())
+
+
+def _audit_export(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.commands.audit import AuditQueryError, parse_since
+    from storage.db import create_engine, session_factory
+    from storage.repositories import Repositories
+    from storage.repositories.audit import MAX_PAGE
+
+    try:
+        since = parse_since(args.since, datetime.now(UTC))
+    except AuditQueryError as exc:
+        print(f"--since: {exc}".replace("`", ""), file=sys.stderr)
+        return 2
+    tenant = _tenant(args)
+
+    async def main() -> int:
+        engine = create_engine(settings.database_url)
+        try:
+            audit = Repositories.over(session_factory(engine)).audit
+            after = None
+            while True:  # page by page, so a long trail is never held in memory whole
+                page = await audit.page(
+                    tenant, since=since, tool=args.tool, user=args.user, after=after,
+                    limit=MAX_PAGE,
+                )
+                for entry in page.entries:
+                    print(json.dumps(entry.as_json(), ensure_ascii=False, sort_keys=True))
+                if page.next is None:
+                    return 0
+                after = page.next
+        finally:
+            await engine.dispose()
 
     return _execute(main())
 

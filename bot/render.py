@@ -83,3 +83,9 @@ def tools_used(runs: list[ToolRun]) -> str:
 def _arguments(arguments: dict[str, Any]) -> str:
     text = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in arguments.items())
     return text if len(text) <= 120 else text[:117] + "…"
+
+
+def escape(text: str) -> str:
+    """Slack's mrkdwn control characters shown literally, so text from tools or people cannot
+    ping (``<!channel>``) or link (https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -29,6 +29,7 @@ from bot.briefings.clients import NotInstalled
 from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
+from bot.turns import TurnWatch
 from storage.db import ping
 from storage.tenancy import Tenant
 
@@ -59,6 +60,11 @@ class Server:
     # Lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.bolt is not None:
+            turns = TurnWatch(self.services, self._client_for, self.settings.turn_heartbeat)
+            # Before taking work: what a previous life of this instance left running is dead.
+            await turns.recover(startup=True)
+            self._background.append(asyncio.create_task(turns.run(), name="turn-watch"))
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)

@@ -6,9 +6,6 @@ goes through the same runtime, memory, tools and storage as one from Slack.
 
 from __future__ import annotations
 
-import os
-import secrets
-import socket
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -21,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agents.budgets import DEFAULT_PRICES, Budgets, Limits, ModelChoice, PriceTable
 from agents.connections import INTEGRATIONS, Connections, Defaults
 from agents.llm import LLMClient
-from agents.runtime import AgentRuntime
+from agents.runtime import AgentRuntime, new_instance_id
 from agents.status import StatusBoard
 from agents.tools import build_registry
 from bot import __version__
@@ -118,7 +115,9 @@ class Services:
         status = StatusBoard(
             version=__version__, llm=llm, metrics=repos.metrics, budgets=budgets
         )
-        cross_session = build_cross_session(settings)
+        # One id per process: cross-session routing and the turns it owns (bot.turns).
+        instance_id = settings.instance_id or new_instance_id()
+        cross_session = build_cross_session(settings, instance_id)
         status.register_check("database", lambda: _ok(ping(engine)))
         if redis is not None:
             status.register_check("redis", lambda: _ok(redis.ping()))
@@ -153,6 +152,7 @@ class Services:
             notifier=SlackApprovalNotifier(repos),
             approval_ttl=timedelta(hours=settings.approval_ttl),
             budgets=budgets,
+            owner=instance_id,
         )
         if cross_session is not None:
             await cross_session.start()
@@ -267,7 +267,7 @@ def gateway_tokens(settings: Settings) -> tuple[TokenVerifier, TokenIssuer | Non
     return TokenVerifier(settings.gateway_public_key, algorithm, issuer_name), issuer
 
 
-def build_cross_session(settings: Settings) -> CrossSession | None:
+def build_cross_session(settings: Settings, instance_id: str) -> CrossSession | None:
     """The cross-session gateway when a token key is configured (see docs/cross-session-
     protocol.md); Redis routing across instances when ``REDIS_URL`` is set."""
     if not settings.gateway_enabled:
@@ -281,9 +281,6 @@ def build_cross_session(settings: Settings) -> CrossSession | None:
         burst=settings.gateway_burst,
         allowed_origins=settings.gateway_origins,
         allow_missing_origin=settings.gateway_allow_missing_origin,
-    )
-    instance_id = settings.instance_id or (
-        f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
     )
     return CrossSession.build(
         verifier, issuer, limits, redis_url=settings.redis_url, instance_id=instance_id

@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     llm_default_price: Annotated[Price, NoDecode] = Field(
         (10.0, 30.0), validation_alias=AliasChoices("JAMONO_LLM_DEFAULT_PRICE")
     )  # JSON [input, output]: the price of a model not in the table
+    # Turns that die mid-way (issue 10, helper 7): seconds between heartbeats of the turns a
+    # process runs; a turn silent for 4 heartbeats belongs to a dead process and is closed.
+    turn_heartbeat: float = Field(
+        15.0, ge=0.5, le=300, validation_alias=AliasChoices("JAMONO_TURN_HEARTBEAT")
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

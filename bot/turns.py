@@ -8,12 +8,18 @@ Conversation keys (``thread_ts`` in storage):
 * a top-level DM → a rolling DM session, answered top-level. Messages belong to the same
   session while the previous one is less than :data:`DM_SESSION_IDLE` old; after a longer
   pause a new session (``dm:{ts}``) starts with a clean memory.
+
+A turn whose process died (``kill -9``, a crash, a lost node) is closed by :class:`TurnWatch`:
+at startup for the turns this instance left running, and on every replica for turns whose
+owner stopped heartbeating. The person is told in the thread that the answer was interrupted,
+which writes had already run, and to ask again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +28,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
+from agents.memory import estimate_tokens
 from agents.personas import Persona
 from agents.runtime import TurnRequest
 from bot import render
@@ -29,8 +36,9 @@ from bot.commands import not_enabled
 from bot.render import Reply
 from bot.services import Services
 from bot.slack_client import slack_error
-from bot.threads import DM_PREFIX
+from bot.threads import DM_PREFIX, slack_thread
 from bot.work import ShuttingDown
+from storage.repositories.conversations import OrphanedTurn
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
@@ -38,6 +46,9 @@ log = structlog.get_logger(__name__)
 DM_SESSION_IDLE = timedelta(hours=4)
 WORKING_REACTION = "eyes"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
+ORPHAN_AFTER = 4  # heartbeats missed before a turn's owner counts as dead
+SLACK_TS = re.compile(r"^\d+\.\d+$")
+ClientFor = Callable[[str], Awaitable[AsyncWebClient | None]]
 
 
 @dataclass(frozen=True)
@@ -195,4 +206,108 @@ def _signed(persona: Persona, reply: Reply) -> Reply:
     byline = render.context(f"*{persona.display_name}* · {persona.title}")
     return Reply(
         f"{persona.display_name}: {reply.text}", [byline, *reply.blocks][: render.MAX_BLOCKS]
+    )
+
+
+class TurnWatch:
+    """Keeps this instance's running turns alive in storage and closes dead ones.
+
+    Every ``heartbeat`` seconds it bumps the heartbeat of the turns this process runs and
+    closes, in every workspace, turns whose heartbeat is :data:`ORPHAN_AFTER` heartbeats old:
+    their owner died. Several replicas may sweep at once; each turn is closed (and its
+    person told) by one of them. ``client_for(tenant_id)`` gives a workspace's Web API client
+    (``None``: not installed).
+    """
+
+    def __init__(self, services: Services, client_for: ClientFor, heartbeat: float) -> None:
+        self.services = services
+        self.client_for = client_for
+        self.heartbeat = heartbeat
+
+    async def recover(self, *, startup: bool = False) -> list[OrphanedTurn]:
+        """Close orphaned turns and tell their people; returns the turns closed.
+
+        With ``startup``, the turns this instance id left running count as orphaned whatever
+        their heartbeat (a stable ``JAMONO_INSTANCE_ID`` makes that immediate after a crash).
+        """
+        runtime = self.services.runtime
+        stale_before = datetime.now(UTC) - timedelta(seconds=self.heartbeat * ORPHAN_AFTER)
+        closed = await self.services.repos.conversations.close_orphans(
+            stale_before=stale_before, owner=runtime.owner if startup else None
+        )
+        for turn in closed:
+            log.warning(
+                "turn_interrupted",
+                tenant=turn.tenant_id,
+                turn_id=turn.turn_id,
+                owner=turn.owner,
+                tools=[call.tool for call in turn.tool_calls],
+            )
+            try:
+                await self._tell(turn)
+            except Exception as exc:  # the turn is closed; one failed notice must not stop others
+                log.error("interruption_notice_failed", turn_id=turn.turn_id, error=repr(exc))
+        return closed
+
+    async def run(self) -> None:
+        """Heartbeat and sweep until cancelled; a failed round is logged and retried."""
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self.services.repos.conversations.heartbeat(self.services.runtime.owner)
+                await self.recover()
+            except Exception as exc:  # housekeeping; the next round retries
+                log.warning("turn_watch_failed", error=repr(exc))
+
+    async def _tell(self, turn: OrphanedTurn) -> None:
+        """Post the notice in the turn's thread and leave it in the conversation's memory."""
+        text = interruption_notice(turn, self._writes(turn))
+        tenant = Tenant(team_id=turn.tenant_id)
+        await self.services.repos.conversations.add_note(
+            tenant,
+            turn.channel_id,
+            turn.thread_ts,
+            turn.persona,
+            turn.user_id,
+            f"Jamono told the user: {text}",
+            estimate_tokens({"content": text}),
+        )
+        thread = slack_thread(turn.thread_ts)
+        if thread is not None and not SLACK_TS.match(thread):
+            return  # not a Slack thread (a briefing's prompt): nobody waits there
+        client = await self.client_for(turn.tenant_id)
+        if client is None:
+            return
+        persona = personas.BUILTIN.get(turn.persona)
+        reply = Reply(text, [render.section(text)])
+        if persona is not None:
+            reply = _signed(persona, reply)
+        try:
+            await client.chat_postMessage(
+                channel=turn.channel_id, thread_ts=thread, **reply.as_kwargs()
+            )
+        except SlackApiError as exc:
+            log.error("interruption_notice_failed", turn_id=turn.turn_id, error=slack_error(exc))
+
+    def _writes(self, turn: OrphanedTurn) -> list[str]:
+        """The write tools that completed in the turn, as ``tool: result`` lines."""
+        registry = self.services.runtime.registry
+        lines = []
+        for call in turn.tool_calls:
+            tool = registry.get(call.tool)
+            if call.status == "ok" and tool is not None and tool.risk == "write":
+                lines.append(f"`{call.tool}`: {render.escape(call.result_summary[:200])}")
+        return lines
+
+
+def interruption_notice(turn: OrphanedTurn, writes: list[str]) -> str:
+    """What the person reads when their turn died mid-way (``writes``: what already ran)."""
+    done = (
+        "Before that I had already done this:\n" + "\n".join(f"• {line}" for line in writes)
+        if writes
+        else "No write action had been recorded as done."
+    )
+    return (
+        f"⚠️ <@{turn.user_id}>, my answer was interrupted: the process working on it stopped "
+        f"before I finished. {done}\nPlease ask again."
     )

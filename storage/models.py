@@ -58,17 +58,25 @@ class Turn(Base):
     """One user message and everything the persona did to answer it."""
 
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_tenant_started", "tenant_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_turns_tenant_started", "tenant_id", "started_at"),
+        Index("ix_turns_status_heartbeat", "status", "heartbeat_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(String(32))
     conversation_id: Mapped[int] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
     persona: Mapped[str] = mapped_column(String(32))
     user_id: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16))  # ok | max_steps | error
+    # running | ok | max_steps | error | not_configured | interrupted | note
+    status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # The instance running the turn and its last sign of life, so a turn whose process died
+    # is told from one still working (see ConversationRepository.close_orphans).
+    owner: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
 
 
 class Message(Base):

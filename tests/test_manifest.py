@@ -58,5 +58,6 @@ def test_events_commands_and_modes(manifest):
     assert settings["interactivity"]["is_enabled"] is True
     commands = {c["command"] for c in manifest["features"]["slash_commands"]}
     assert commands == {"/nox-status", "/nox-help", "/nox-metrics", "/nox-config",
-                        "/nox-connect", "/nox-incident", "/nox-link", "/nox-brief"}
+                        "/nox-connect", "/nox-incident", "/nox-link", "/nox-brief",
+                        "/nox-audit"}
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True

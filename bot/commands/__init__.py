@@ -10,7 +10,7 @@ import re
 
 from agents import personas
 from agents.personas import Persona
-from bot.commands import brief, config, connect, help, incident, link, metrics, status
+from bot.commands import audit, brief, config, connect, help, incident, link, metrics, status
 from bot.commands.base import CommandRequest, Invocation, VerbSpec, command_lines
 from bot.render import Reply, section
 from bot.services import Services
@@ -47,6 +47,12 @@ def _verbs() -> dict[str, VerbSpec]:
             incident.USAGE,
         ),
         "brief": VerbSpec(brief.run, "scheduled channel briefings", brief.USAGE),
+        "audit": VerbSpec(
+            audit.run,
+            "workspace admins: tool calls, approvals and configuration changes (old → new)",
+            audit.USAGE,
+            works_when_disabled=True,
+        ),
     }
 
 

@@ -63,10 +63,12 @@ async def run(invocation: Invocation) -> Reply:
     if verb == "now":
         return await _now(invocation, briefing)
     if verb == "remove":
-        await repo.delete(tenant, briefing.id)
+        await repo.delete(tenant, briefing.id, invocation.request.user_id)
         done = f"Briefing {briefing.id} is removed."
     else:
-        await repo.set_enabled(tenant, briefing.id, verb == "resume")
+        await repo.set_enabled(
+            tenant, briefing.id, verb == "resume", invocation.request.user_id
+        )
         done = f"Briefing {briefing.id} is {'paused' if verb == 'pause' else 'running again'}."
     if invocation.services.scheduler is not None:
         invocation.services.scheduler.sync_soon()

@@ -136,7 +136,7 @@ async def _policy(invocation: Invocation, target: Persona, verb: str, value: str
             )
         case "unzone":
             channel = _channel_here(invocation, first)
-            if not await policy.remove_zone(tenant, target.name, channel):
+            if not await policy.remove_zone(tenant, target.name, channel, actor):
                 raise ConfigError(f"<#{channel}> is not one of {name}'s action zones.")
             left = (await policy.load(tenant)).zones.get(target.name)
             return f"<#{channel}> is no longer an action zone of {name}." + (

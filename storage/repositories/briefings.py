@@ -31,6 +31,7 @@ from storage.models import (
     Turn,
     utcnow,
 )
+from storage.repositories import events
 from storage.repositories._time import aware, to_utc
 from storage.repositories.approvals import State
 from storage.repositories.conversations import NOTE
@@ -107,7 +108,8 @@ class BriefingRepository:
         created_by: str,
         limit: int | None = None,
     ) -> Briefing:
-        """Store a new, enabled subscription. Validation is the caller's (bot.briefings).
+        """Store a new, enabled subscription; records ``briefing_added`` by ``created_by``.
+        Validation is the caller's (bot.briefings).
 
         With ``limit``, a workspace keeps at most that many subscriptions, also when several
         are added at once: the new row is kept only if at most ``limit`` rows of the workspace
@@ -135,6 +137,7 @@ class BriefingRepository:
             await session.flush()
             await session.refresh(row)
             briefing = _briefing(row)
+            _record(session, briefing, events.BRIEFING_ADDED, created_by, old=None, new=briefing)
         if limit is None:
             return briefing
         async with self._sessions.begin() as session:
@@ -149,6 +152,9 @@ class BriefingRepository:
             await session.execute(
                 delete(BriefingSubscription).where(BriefingSubscription.id == briefing.id)
             )
+            _record(session, briefing, events.BRIEFING_REMOVED, created_by,
+                    details={"reason": f"over the workspace's limit of {limit}"},
+                    old=briefing, new=None)
         raise BriefingLimitReached(limit)
 
     async def count(self, tenant: Tenant) -> int:
@@ -191,27 +197,48 @@ class BriefingRepository:
             row = await session.get(BriefingSubscription, subscription_id)
         return _briefing(row) if row is not None else None
 
-    async def delete(self, tenant: Tenant, subscription_id: int) -> bool:
-        """``False`` when the workspace has no such subscription."""
+    async def delete(
+        self, tenant: Tenant, subscription_id: int, actor: str | None = None
+    ) -> bool:
+        """``False`` when the workspace has no such subscription; else records
+        ``briefing_removed`` by ``actor`` (``None``: the CLI or Jamono)."""
         async with self._sessions.begin() as session:
+            row = await session.scalar(_one(tenant, subscription_id))
+            before = _briefing(row) if row is not None else None
             result = await session.execute(
                 delete(BriefingSubscription).where(
                     BriefingSubscription.tenant_id == tenant.id,
                     BriefingSubscription.id == subscription_id,
                 )
             )
-            return result.rowcount == 1
+            if result.rowcount != 1 or before is None:
+                return False
+            _record(session, before, events.BRIEFING_REMOVED, actor, old=before, new=None)
+            return True
 
-    async def set_enabled(self, tenant: Tenant, subscription_id: int, enabled: bool) -> bool:
+    async def set_enabled(
+        self, tenant: Tenant, subscription_id: int, enabled: bool, actor: str | None = None
+    ) -> bool:
         """Pause or resume (clearing any ``paused_reason``); ``False`` when there is no such
-        subscription."""
+        subscription. Records ``briefing_paused`` or ``briefing_resumed`` by ``actor``."""
         async with self._sessions.begin() as session:
+            row = await session.scalar(_one(tenant, subscription_id))
+            before = _briefing(row) if row is not None else None
             result = await session.execute(
                 _update(tenant, subscription_id).values(
                     enabled=enabled, paused_reason=None, updated_at=utcnow()
                 )
             )
-            return result.rowcount == 1
+            if result.rowcount != 1 or before is None:
+                return False
+            _record(
+                session,
+                before,
+                events.BRIEFING_RESUMED if enabled else events.BRIEFING_PAUSED,
+                actor,
+                details={"old": {"enabled": before.enabled}, "new": {"enabled": enabled}},
+            )
+            return True
 
     async def pause_for(self, tenant: Tenant, subscription_id: int, reason: str) -> bool:
         """Pause an enabled subscription because of ``reason`` (a Slack error code).
@@ -225,7 +252,17 @@ class BriefingRepository:
                 .where(BriefingSubscription.enabled.is_(True))
                 .values(enabled=False, paused_reason=reason, updated_at=utcnow())
             )
-            return result.rowcount == 1
+            if result.rowcount != 1:
+                return False
+            events.append(
+                session,
+                tenant,
+                events.BRIEFING_PAUSED,
+                actor=None,
+                subject=str(subscription_id),
+                details={"reason": reason, "old": {"enabled": True}, "new": {"enabled": False}},
+            )
+            return True
 
     async def claim_delivery(
         self,
@@ -462,6 +499,40 @@ def _update(tenant: Tenant, subscription_id: int):
         )
         .execution_options(synchronize_session=False)
     )
+
+
+def _record(
+    session: AsyncSession,
+    briefing: Briefing,
+    kind: str,
+    actor: str | None,
+    *,
+    details: dict[str, Any] | None = None,
+    **change: Briefing | None,
+) -> None:
+    """Append ``kind`` about ``briefing``; ``old``/``new`` briefings are audited as settings."""
+    described = {name: _settings(value) for name, value in change.items()}
+    events.append(
+        session,
+        briefing.tenant,
+        kind,
+        actor=actor,
+        subject=str(briefing.id),
+        details=(details or {}) | described,
+    )
+
+
+def _settings(briefing: Briefing | None) -> dict[str, Any] | None:
+    if briefing is None:
+        return None
+    return {
+        "channel_id": briefing.channel_id,
+        "persona": briefing.persona,
+        "schedule": briefing.schedule,
+        "timezone": briefing.timezone,
+        "sections": briefing.sections,
+        "enabled": briefing.enabled,
+    }
 
 
 def _briefing(row: BriefingSubscription) -> Briefing:

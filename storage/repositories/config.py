@@ -9,6 +9,7 @@ from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import ChannelBinding, PersonaOverride, WorkspaceSettings
+from storage.repositories import events
 from storage.tenancy import Tenant
 
 OVERRIDE_FIELDS = ("enabled", "model", "temperature", "extra_instructions")
@@ -88,7 +89,17 @@ class ConfigRepository:
                 row = PersonaOverride(tenant_id=tenant.id, persona=persona)
                 session.add(row)
             for name, value in changes.items():
+                old = getattr(row, name)
                 setattr(row, name, value)
+                if old != value:
+                    events.append(
+                        session,
+                        tenant,
+                        events.PERSONA_CHANGED,
+                        actor=changed_by,
+                        subject=persona,
+                        details={"field": name, "old": old, "new": value},
+                    )
             row.updated_by = changed_by
 
     async def bind_channel(
@@ -96,6 +107,16 @@ class ConfigRepository:
     ) -> None:
         """Make ``persona`` answer mentions in ``channel_id``; ``None`` removes the binding."""
         async with self._sessions.begin() as session:
+            row = await session.get(ChannelBinding, (tenant.id, channel_id))
+            if (row.persona if row else None) != persona:
+                events.append(
+                    session,
+                    tenant,
+                    events.CHANNEL_BOUND,
+                    actor=changed_by,
+                    subject=channel_id,
+                    details={"old": row.persona if row else None, "new": persona},
+                )
             if persona is None:
                 await session.execute(
                     delete(ChannelBinding).where(
@@ -104,7 +125,6 @@ class ConfigRepository:
                     )
                 )
                 return
-            row = await session.get(ChannelBinding, (tenant.id, channel_id))
             if row is None:
                 session.add(
                     ChannelBinding(
@@ -121,6 +141,15 @@ class ConfigRepository:
         """Store the workspace's IANA timezone (validated by the caller)."""
         async with self._sessions.begin() as session:
             row = await session.get(WorkspaceSettings, tenant.id)
+            old = row.timezone if row else None
+            if old != timezone:
+                events.append(
+                    session,
+                    tenant,
+                    events.TIMEZONE_CHANGED,
+                    actor=changed_by,
+                    details={"old": old, "new": timezone},
+                )
             if row is None:
                 session.add(
                     WorkspaceSettings(tenant_id=tenant.id, timezone=timezone, updated_by=changed_by)

@@ -8,15 +8,17 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import Conversation, LLMUsage, Message, Turn, utcnow
-from storage.repositories._time import aware
+from storage.models import Conversation, LLMUsage, Message, ToolCall, Turn, utcnow
+from storage.repositories._time import aware, to_utc
 from storage.repositories._upsert import insert_for
 from storage.tenancy import Tenant
 
 NOTE = "note"  # the status of a turn that only carries a system note (see add_note)
+RUNNING = "running"
+INTERRUPTED = "interrupted"
 
 # Every turn runs the statements below. They are built once with bound parameters:
 # constructing a statement and computing its cache key each time cost about five times the
@@ -50,6 +52,13 @@ _FINISH_TURN = (
     )
     .returning(Turn.conversation_id, Turn.persona)
 )
+# A step of a running turn: bump its heartbeat and find where its messages go.
+_STEP_TURN = (
+    update(Turn)
+    .where(Turn.id == bindparam("turn"), Turn.tenant_id == bindparam("tenant"))
+    .values(heartbeat_at=bindparam("now"))
+    .returning(Turn.conversation_id, Turn.persona)
+)
 _INSERT_MESSAGES = insert(Message)
 _INSERT_USAGE = insert(LLMUsage)
 
@@ -71,6 +80,33 @@ class LLMCallUsage:
     prompt_tokens: int
     completion_tokens: int
     duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallRecord:
+    """One audited tool call of a turn: the tool, how it ended and the start of its result."""
+
+    tool: str
+    status: str
+    result_summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanedTurn:
+    """A turn closed as ``interrupted`` because the process running it died.
+
+    ``thread_ts`` is the conversation key (see bot/threads.py); ``tool_calls`` are the calls it
+    made before dying, oldest first, as the audit trail recorded them.
+    """
+
+    tenant_id: str
+    turn_id: int
+    channel_id: str
+    thread_ts: str
+    persona: str
+    user_id: str
+    owner: str | None
+    tool_calls: list[ToolCallRecord]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,18 +171,143 @@ class ConversationRepository:
         persona: str,
         user_id: str,
         history_limit: int = 400,
+        *,
+        owner: str | None = None,
+        messages: Sequence[dict[str, Any]] = (),
+        tokens: Sequence[int] = (),
     ) -> tuple[int, list[StoredMessage]]:
-        """Open a turn (creating the conversation if new) in one transaction.
+        """Open a ``running`` turn (creating the conversation if new) in one transaction,
+        owned by the instance ``owner`` with a fresh heartbeat, storing its first
+        ``messages`` (chat-completion dicts, a token estimate each), e.g. the user's message.
 
         Returns the new turn's id and the conversation's newest ``history_limit`` messages
         from before it, oldest first.
         """
         async with self._sessions.begin() as session:
             history = await _recent(session, tenant, channel_id, thread_ts, history_limit)
-            _, turn_id = await _open_turn(
-                session, tenant, channel_id, thread_ts, persona, user_id, "running"
+            conversation_id, turn_id = await _open_turn(
+                session, tenant, channel_id, thread_ts, persona, user_id, RUNNING, owner
             )
+            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
             return turn_id, history
+
+    async def record_step(
+        self,
+        tenant: Tenant,
+        turn_id: int,
+        messages: Sequence[dict[str, Any]],
+        tokens: Sequence[int],
+        usage: Sequence[LLMCallUsage] = (),
+        now: datetime | None = None,
+    ) -> None:
+        """Store what a running turn just did (an LLM reply and its usage, a tool result) in
+        one transaction, and bump the turn's heartbeat to ``now``.
+
+        Called as each step happens, so a process killed mid-turn leaves in memory every
+        tool call that really ran (and the tokens it spent).
+
+        Raises:
+            LookupError: the turn does not belong to ``tenant``.
+        """
+        async with self._sessions.begin() as session:
+            turn = (
+                await session.execute(
+                    _STEP_TURN,
+                    {"turn": turn_id, "tenant": tenant.id, "now": utcnow() if now is None
+                     else to_utc(now)},
+                )
+            ).first()
+            if turn is None:
+                raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
+            conversation_id, persona = turn
+            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
+            await _insert_usage(session, tenant, turn_id, persona, usage)
+
+    async def heartbeat(self, owner: str, now: datetime | None = None) -> int:
+        """Bump the heartbeat of every ``running`` turn of the instance ``owner``; returns how
+        many. Not tenant-scoped: it is the process saying it is alive, for all its turns.
+        """
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(Turn)
+                .where(Turn.owner == owner, Turn.status == RUNNING)
+                .values(heartbeat_at=utcnow() if now is None else to_utc(now))
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount
+
+    async def close_orphans(
+        self,
+        *,
+        stale_before: datetime,
+        owner: str | None = None,
+        error: str = "the process running it stopped before the answer",
+    ) -> list[OrphanedTurn]:
+        """Mark ``interrupted`` every ``running`` turn whose process died, in all workspaces;
+        returns the turns this call closed (concurrent callers close each turn once).
+
+        A turn is orphaned when its heartbeat is older than ``stale_before`` (a turn from
+        before migration 0010 has none: its start counts), or when ``owner`` is given and the
+        turn belongs to it: an instance starting up closes what its previous life left
+        running. Not tenant-scoped: it sweeps them all.
+
+        Raises:
+            ValueError: ``stale_before`` is naive.
+        """
+        moment = to_utc(stale_before)
+        orphaned = or_(
+            Turn.heartbeat_at < moment,
+            Turn.heartbeat_at.is_(None) & (Turn.started_at < moment),
+        )
+        if owner is not None:
+            orphaned = or_(orphaned, Turn.owner == owner)
+        closed: list[OrphanedTurn] = []
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        Turn.id,
+                        Turn.tenant_id,
+                        Conversation.channel_id,
+                        Conversation.thread_ts,
+                        Turn.persona,
+                        Turn.user_id,
+                        Turn.owner,
+                    )
+                    .join(Conversation, Turn.conversation_id == Conversation.id)
+                    .where(Turn.status == RUNNING, orphaned)
+                    .order_by(Turn.id)
+                )
+            ).all()
+            for turn_id, tenant_id, channel_id, thread_ts, persona, user_id, turn_owner in rows:
+                result = await session.execute(
+                    update(Turn)
+                    .where(Turn.id == turn_id, Turn.status == RUNNING, orphaned)
+                    .values(status=INTERRUPTED, error=error)
+                    .execution_options(synchronize_session=False)
+                )
+                if result.rowcount != 1:
+                    continue
+                calls = (
+                    await session.execute(
+                        select(ToolCall.tool, ToolCall.status, ToolCall.result_summary)
+                        .where(ToolCall.tenant_id == tenant_id, ToolCall.turn_id == turn_id)
+                        .order_by(ToolCall.id)
+                    )
+                ).all()
+                closed.append(
+                    OrphanedTurn(
+                        tenant_id,
+                        turn_id,
+                        channel_id,
+                        thread_ts,
+                        persona,
+                        user_id,
+                        turn_owner,
+                        [ToolCallRecord(*call) for call in calls],
+                    )
+                )
+        return closed
 
     async def finish_turn(
         self,
@@ -159,8 +320,8 @@ class ConversationRepository:
         duration_ms: int,
         usage: Sequence[LLMCallUsage] = (),
     ) -> None:
-        """Store the turn's messages (chat-completion dicts, a token estimate each), outcome
-        and the token usage of each of its LLM calls, in one transaction.
+        """Store the turn's outcome with its messages and LLM usage not yet stored by
+        :meth:`record_step` (chat-completion dicts, a token estimate each), in one transaction.
 
         ``status`` is ``ok``, ``max_steps``, ``error`` or ``interrupted``.
 
@@ -183,38 +344,8 @@ class ConversationRepository:
             if turn is None:
                 raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
             conversation_id, persona = turn
-            if messages:
-                await session.execute(
-                    _INSERT_MESSAGES,
-                    [
-                        {
-                            "conversation_id": conversation_id,
-                            "turn_id": turn_id,
-                            "role": message["role"],
-                            "content": message.get("content"),
-                            "tool_calls": message.get("tool_calls"),
-                            "tool_call_id": message.get("tool_call_id"),
-                            "tokens": count,
-                        }
-                        for message, count in zip(messages, tokens, strict=True)
-                    ],
-                )
-            if usage:
-                await session.execute(
-                    _INSERT_USAGE,
-                    [
-                        {
-                            "tenant_id": tenant.id,
-                            "turn_id": turn_id,
-                            "persona": persona,
-                            "model": call.model,
-                            "prompt_tokens": call.prompt_tokens,
-                            "completion_tokens": call.completion_tokens,
-                            "duration_ms": call.duration_ms,
-                        }
-                        for call in usage
-                    ],
-                )
+            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
+            await _insert_usage(session, tenant, turn_id, persona, usage)
 
     async def add_note(
         self,
@@ -267,6 +398,7 @@ async def _open_turn(
     persona: str,
     user_id: str,
     status: str,
+    owner: str | None = None,
 ) -> tuple[int, int]:
     """Create the conversation if new and a turn in it; returns (conversation id, turn id)."""
     conversation_id = await _upsert_conversation(session, tenant, channel_id, thread_ts, persona)
@@ -278,9 +410,63 @@ async def _open_turn(
             "persona": persona,
             "user_id": user_id,
             "status": status,
+            "owner": owner,
+            "heartbeat_at": utcnow() if owner is not None else None,
         },
     )
     return conversation_id, turn_id
+
+
+async def _insert_messages(
+    session: AsyncSession,
+    conversation_id: int,
+    turn_id: int,
+    messages: Sequence[dict[str, Any]],
+    tokens: Sequence[int],
+) -> None:
+    if not messages:
+        return
+    await session.execute(
+        _INSERT_MESSAGES,
+        [
+            {
+                "conversation_id": conversation_id,
+                "turn_id": turn_id,
+                "role": message["role"],
+                "content": message.get("content"),
+                "tool_calls": message.get("tool_calls"),
+                "tool_call_id": message.get("tool_call_id"),
+                "tokens": count,
+            }
+            for message, count in zip(messages, tokens, strict=True)
+        ],
+    )
+
+
+async def _insert_usage(
+    session: AsyncSession,
+    tenant: Tenant,
+    turn_id: int,
+    persona: str,
+    usage: Sequence[LLMCallUsage],
+) -> None:
+    if not usage:
+        return
+    await session.execute(
+        _INSERT_USAGE,
+        [
+            {
+                "tenant_id": tenant.id,
+                "turn_id": turn_id,
+                "persona": persona,
+                "model": call.model,
+                "prompt_tokens": call.prompt_tokens,
+                "completion_tokens": call.completion_tokens,
+                "duration_ms": call.duration_ms,
+            }
+            for call in usage
+        ],
+    )
 
 
 async def _upsert_conversation(

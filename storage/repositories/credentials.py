@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -75,6 +76,13 @@ class CredentialRepository:
         token = self._box().encrypt(json.dumps(settings, sort_keys=True))
         values = {"secret": token, "url": url, "account": account, "updated_by": actor}
         async with self._sessions.begin() as session:
+            old = (
+                await session.execute(
+                    select(Credential.url, Credential.account).where(
+                        Credential.tenant_id == tenant.id, Credential.kind == kind
+                    )
+                )
+            ).first()
             # One upsert statement: two admins saving at once cannot collide on the insert.
             await session.execute(
                 insert_for(session.bind.dialect.name, Credential)
@@ -89,7 +97,8 @@ class CredentialRepository:
                 events.CREDENTIALS_SAVED,
                 actor=actor,
                 subject=kind,
-                details={"url": url, "account": account},
+                # Where and as whom, old and new; never the secret.
+                details={"old": _shown(*old) if old else None, "new": _shown(url, account)},
             )
 
     async def load(self, tenant: Tenant, kind: str) -> dict[str, Any] | None:
@@ -124,12 +133,23 @@ class CredentialRepository:
         """
         _check_kind(kind)
         async with self._sessions.begin() as session:
-            result = await session.execute(
-                delete(Credential).where(Credential.tenant_id == tenant.id, Credential.kind == kind)
-            )
-            if not result.rowcount:
+            removed = (
+                await session.execute(
+                    delete(Credential)
+                    .where(Credential.tenant_id == tenant.id, Credential.kind == kind)
+                    .returning(Credential.url, Credential.account)
+                )
+            ).first()
+            if removed is None:
                 return False
-            events.append(session, tenant, events.CREDENTIALS_DELETED, actor=actor, subject=kind)
+            events.append(
+                session,
+                tenant,
+                events.CREDENTIALS_DELETED,
+                actor=actor,
+                subject=kind,
+                details={"old": _shown(*removed), "new": None},
+            )
             return True
 
     async def configured(self, tenant: Tenant) -> list[CredentialInfo]:
@@ -204,6 +224,14 @@ class CredentialRepository:
                 "set it to a Fernet key"
             )
         return self._secrets
+
+
+def _shown(url: str, account: str | None) -> dict[str, str | None]:
+    """Connection settings as the audit trail keeps them: a URL without any ``user:password@``."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return {"url": urlunsplit(parts), "account": account}
 
 
 def _check_kind(kind: str) -> None:

@@ -1,7 +1,9 @@
-"""The append-only audit trail of approvals, actions and credential changes, per tenant.
+"""The append-only audit trail of approvals, actions, configuration and credential changes,
+per tenant.
 
-Repositories that change approvals or credentials append their event in the same transaction
-(:func:`append`), so a recorded change always has its event and a lost race never does.
+Repositories that change approvals, configuration or credentials append their event in the same
+transaction (:func:`append`), so a recorded change always has its event and a lost race never
+does. A configuration change records its ``old`` and ``new`` values; never a secret.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ ACTION_EXECUTED = "action_executed"
 CREDENTIALS_SAVED = "credentials_saved"
 CREDENTIALS_DELETED = "credentials_deleted"
 CREDENTIALS_ROTATED = "credentials_rotated"
+# Configuration changes: ``details`` holds ``old`` and ``new`` (``None``: not set before/after).
+PERSONA_CHANGED = "persona_changed"  # subject: persona; one entry per field changed
+CHANNEL_BOUND = "channel_binding_changed"  # subject: channel id
+TIMEZONE_CHANGED = "timezone_changed"
+AUTO_APPROVE_CHANGED = "auto_approve_changed"  # subject: tool; details.channel_id
+ZONE_CHANGED = "zone_changed"  # subject: persona; details.channel_id
+APPROVERS_CHANGED = "approvers_changed"
+BRIEFING_ADDED = "briefing_added"  # subject: subscription id
+BRIEFING_REMOVED = "briefing_removed"
+BRIEFING_PAUSED = "briefing_paused"
+BRIEFING_RESUMED = "briefing_resumed"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import ActionZone, ApprovalSettings, ToolPolicy
+from storage.repositories import events
 from storage.tenancy import Tenant
 
 Approvers = Literal["requester_or_admin", "admins_only"]
@@ -133,6 +134,17 @@ class PolicyRepository:
         when ``channel_id`` is ``None``. ``auto_approve=None`` removes that policy."""
         channel = channel_id or ANY_CHANNEL
         async with self._sessions.begin() as session:
+            row = await session.get(ToolPolicy, (tenant.id, tool, channel))
+            old = row.auto_approve if row else None
+            if old != auto_approve:
+                events.append(
+                    session,
+                    tenant,
+                    events.AUTO_APPROVE_CHANGED,
+                    actor=actor,
+                    subject=tool,
+                    details={"channel_id": channel, "old": old, "new": auto_approve},
+                )
             if auto_approve is None:
                 await session.execute(
                     delete(ToolPolicy).where(
@@ -142,7 +154,6 @@ class PolicyRepository:
                     )
                 )
                 return
-            row = await session.get(ToolPolicy, (tenant.id, tool, channel))
             if row is None:
                 row = ToolPolicy(tenant_id=tenant.id, tool=tool, channel_id=channel)
                 session.add(row)
@@ -166,15 +177,28 @@ class PolicyRepository:
             raise ValueError("a zone needs at least one tool; use remove_zone to close a channel")
         async with self._sessions.begin() as session:
             row = await session.get(ActionZone, (tenant.id, persona, channel_id))
+            old = _zone(row)
+            if old != _zone_tools(listed):
+                events.append(
+                    session,
+                    tenant,
+                    events.ZONE_CHANGED,
+                    actor=actor,
+                    subject=persona,
+                    details={"channel_id": channel_id, "old": old, "new": _zone_tools(listed)},
+                )
             if row is None:
                 row = ActionZone(tenant_id=tenant.id, persona=persona, channel_id=channel_id)
                 session.add(row)
             row.tools, row.updated_by = listed, actor
 
-    async def remove_zone(self, tenant: Tenant, persona: str, channel_id: str) -> bool:
+    async def remove_zone(
+        self, tenant: Tenant, persona: str, channel_id: str, actor: str | None = None
+    ) -> bool:
         """Remove one zone; ``True`` when it existed. Removing a persona's last zone lets it act
         anywhere again."""
         async with self._sessions.begin() as session:
+            row = await session.get(ActionZone, (tenant.id, persona, channel_id))
             result = await session.execute(
                 delete(ActionZone).where(
                     ActionZone.tenant_id == tenant.id,
@@ -182,7 +206,17 @@ class PolicyRepository:
                     ActionZone.channel_id == channel_id,
                 )
             )
-            return bool(result.rowcount)
+            if not result.rowcount:  # none, or a concurrent remove won (and records it)
+                return False
+            events.append(
+                session,
+                tenant,
+                events.ZONE_CHANGED,
+                actor=actor,
+                subject=persona,
+                details={"channel_id": channel_id, "old": _zone(row), "new": None},
+            )
+            return True
 
     async def set_approvers(self, tenant: Tenant, approvers: str, actor: str | None) -> None:
         """Who may approve: ``requester_or_admin`` or ``admins_only``.
@@ -196,7 +230,25 @@ class PolicyRepository:
             )
         async with self._sessions.begin() as session:
             row = await session.get(ApprovalSettings, tenant.id)
+            old = row.approvers if row else "requester_or_admin"
+            if old != approvers:
+                events.append(
+                    session,
+                    tenant,
+                    events.APPROVERS_CHANGED,
+                    actor=actor,
+                    details={"old": old, "new": approvers},
+                )
             if row is None:
                 row = ApprovalSettings(tenant_id=tenant.id)
                 session.add(row)
             row.approvers, row.updated_by = approvers, actor
+
+
+def _zone(row: ActionZone | None) -> dict[str, Any] | None:
+    """A zone as audited: ``None`` when there is none."""
+    return None if row is None else _zone_tools(row.tools)
+
+
+def _zone_tools(tools: list[str] | None) -> dict[str, Any]:
+    return {"tools": "all" if tools is None else sorted(tools)}
