@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -73,7 +74,8 @@ class AgentRuntime:
     ``tool_timeout`` is in seconds per tool call; ``context_tokens`` is the history budget
     (approximate tokens, see :mod:`agents.memory`). Tool calls pass the workspace's action
     policy first (:class:`agents.policy.ActionGate`): write tools needing approval become
-    requests shown by ``notifier`` that wait up to ``approval_ttl``.
+    requests shown by ``notifier`` that wait up to ``approval_ttl``. ``observe_turn`` hears
+    ``(persona, status, seconds)`` as each turn ends (the metrics' latency histogram).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class AgentRuntime:
         context_tokens: int,
         notifier: ApprovalNotifier | None = None,
         approval_ttl: timedelta = DEFAULT_TTL,
+        observe_turn: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.llm = llm
         self.registry = registry
@@ -94,6 +97,7 @@ class AgentRuntime:
         self.default_model = default_model
         self.tool_timeout = tool_timeout
         self.context_tokens = context_tokens
+        self.observe_turn = observe_turn
         self.gate = ActionGate(
             repos=repos,
             registry=registry,
@@ -119,6 +123,8 @@ class AgentRuntime:
         outcome = TurnOutcome(text="", status="ok")
 
         async def finish(status: str, error: str | None) -> None:
+            if self.observe_turn is not None:
+                self.observe_turn(persona.name, status, time.perf_counter() - started)
             # Shielded: a turn cut short by shutdown still stores what it did, so the
             # thread's memory and the audit stay whole.
             await asyncio.shield(

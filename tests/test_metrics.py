@@ -1,0 +1,260 @@
+"""Metrics (issue 10), written as what they stop: a stranger reading the operator's figures from
+the public port, figures that lose a workspace's usage on restart or show it under another
+workspace, and a dashboard or alert that silently watches a metric nobody exports."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.settings import SettingsError, load_settings
+from storage.db import session_factory
+from storage.repositories import Repositories
+from storage.repositories.conversations import LLMCallUsage
+from storage.tenancy import Tenant
+from tests.e2e import ACME, ACME_TOKEN, SIGNING_SECRET, base_settings, has_buttons, started
+from tests.fakes import ToolCall
+from tests.fakes.jira import FakeJira
+from tests.process import free_port
+from tests.test_e2e_http import in_thread, mention
+
+TOKEN = "metrics-token-4f1c9a0e7b2d"
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+CREATE = {"project": "OPS", "issue_type": "Incident", "summary": "Payments API down"}
+
+
+def script(request):
+    """A ticket (approval request) when asked for one, the time tool when asked the time."""
+    last = request["messages"][-1]
+    if last["role"] == "tool":
+        return f"Tool result: {last['content']}"
+    if "ticket" in last["content"]:
+        return [ToolCall("jira_create_issue", CREATE)]
+    if "time" in last["content"]:
+        return [ToolCall("get_time", {})]
+    return "hello"
+
+
+@pytest.fixture
+async def jira():
+    async with FakeJira("datacenter") as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(slack, llm, jira, sqlite_url):
+    llm.script = script
+    return base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JIRA_URL": jira.url, "JIRA_PAT": jira.pat,
+    }
+
+
+async def get(http, url, token=None, scheme="Bearer"):
+    headers = {"Authorization": f"{scheme} {token}"} if token is not None else {}
+    async with http.get(url, headers=headers) as response:
+        return response.status, await response.text()
+
+
+def figures(text: str) -> dict[tuple[str, frozenset], float]:
+    """``{(sample name, labels): value}`` of a Prometheus text exposition."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found, name, **labels) -> float | None:
+    return found.get((name, frozenset(labels.items())))
+
+
+def exported_names(text: str) -> set[str]:
+    """Every series name the exposition declares, samples or not (an empty counter still
+    says ``# TYPE jamono_budget_rejections counter``, which PromQL reads as ``…_total``)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"),
+                "summary": ("_sum", "_count")}
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        names.update(sample.name for sample in family.samples)
+    return names
+
+
+async def test_the_public_port_refuses_a_scrape_without_the_token(settings, tmp_path, http):
+    jamono = await started(settings | {"JAMONO_METRICS_TOKEN": TOKEN}, tmp_path)
+    try:
+        url = jamono.url + "/metrics"
+        assert (await get(http, url))[0] == 401
+        assert (await get(http, url, TOKEN[:-1]))[0] == 401  # all but the last character
+        assert (await get(http, url, TOKEN + "x"))[0] == 401
+        assert (await get(http, url, TOKEN, scheme="Basic"))[0] == 401
+        status, body = await get(http, url, TOKEN, scheme="bearer")  # the scheme is any case
+        assert status == 200 and "jamono_turns" in body
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+
+
+async def test_a_metrics_port_keeps_the_figures_off_the_public_port(settings, tmp_path, http):
+    port = free_port()
+    jamono = await started(settings | {"JAMONO_METRICS_PORT": str(port)}, tmp_path)
+    try:
+        assert (await get(http, jamono.url + "/metrics"))[0] == 404
+        status, body = await get(http, f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and "jamono_turn_duration_seconds" in body
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+
+
+async def test_off_by_default(settings, tmp_path, http):
+    jamono = await started(settings, tmp_path)
+    try:
+        assert (await get(http, jamono.url + "/metrics", TOKEN))[0] == 404
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+
+
+async def test_a_scrape_shows_each_workspaces_usage_and_survives_a_restart(
+    settings, tmp_path, http, slack
+):
+    settings = settings | {"JAMONO_METRICS_TOKEN": TOKEN}
+    jamono = await started(settings, tmp_path)
+    try:
+        time_event = await mention(http, jamono, slack, "what time is it?")
+        await slack.wait_for("chat.postMessage", in_thread(time_event["ts"]))
+        ticket = await mention(http, jamono, slack, "open a ticket: payments API is down")
+        await slack.wait_for("chat.postMessage",
+                             lambda p: p.get("thread_ts") == ticket["ts"] and has_buttons(p))
+        await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == ticket["ts"]
+                             and not has_buttons(p))
+        await jamono.wait_for_output('"tool_call"', 2)
+        status, body = await get(http, jamono.url + "/metrics", TOKEN)
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+    assert status == 200
+    found = figures(body)
+    assert value(found, "jamono_metrics_storage_up") == 1
+    assert value(found, "jamono_turns_total", team_id=ACME, persona="nox", outcome="ok") == 2
+    assert value(found, "jamono_llm_calls_total", team_id=ACME, model="fake-model") == 4
+    prompt = value(found, "jamono_llm_tokens_total", team_id=ACME, model="fake-model",
+                   kind="prompt")
+    assert prompt and prompt > 0
+    assert value(found, "jamono_tool_calls_total", tool="get_time", outcome="ok") == 1
+    assert value(found, "jamono_tool_calls_total", tool="jira_create_issue",
+                 outcome="awaiting_approval") == 1
+    assert value(found, "jamono_approval_requests", team_id=ACME, state="pending") == 1
+    # Every workspace label is the one that did the work.
+    teams = {dict(labels)["team_id"] for _, labels in found if "team_id" in dict(labels)}
+    assert teams == {ACME}
+    # This process's latency histogram saw both turns.
+    assert value(found, "jamono_turn_duration_seconds_count", persona="nox", outcome="ok") == 2
+    assert value(found, "jamono_turn_duration_seconds_bucket", persona="nox", outcome="ok",
+                 le="+Inf") == 2
+
+    # Stored counters come from the database: a restarted process reports the same totals.
+    jamono = await started(settings, tmp_path)
+    try:
+        status, body = await get(http, jamono.url + "/metrics", TOKEN)
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+    again = figures(body)
+    for name in ("jamono_turns_total", "jamono_llm_tokens_total", "jamono_tool_calls_total",
+                 "jamono_approval_requests"):
+        assert {k: v for k, v in again.items() if k[0] == name} == {
+            k: v for k, v in found.items() if k[0] == name}
+    assert value(again, "jamono_turn_duration_seconds_count", persona="nox", outcome="ok") is None
+
+
+def referenced_metrics() -> set[str]:
+    """Metric names used by the shipped dashboard's queries and the alert rules."""
+    dashboard = json.loads((DEPLOY / "grafana-dashboard.json").read_text())
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yml").read_text())
+
+    def exprs(node):
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if key in ("expr", "query") and isinstance(item, str):
+                    yield item
+                else:
+                    yield from exprs(item)
+        elif isinstance(node, list):
+            for item in node:
+                yield from exprs(item)
+
+    queries = list(exprs(dashboard)) + list(exprs(rules))
+    assert queries, "no queries found in deploy/"
+    return {name for query in queries for name in re.findall(r"\bjamono_[a-z_]+", query)}
+
+
+async def test_dashboard_and_alerts_only_use_metrics_the_endpoint_exports(
+    slack, llm, sqlite_url, tmp_path, http
+):
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JAMONO_METRICS_TOKEN": TOKEN,
+    }
+    jamono = await started(settings, tmp_path)
+    try:
+        status, body = await get(http, jamono.url + "/metrics", TOKEN)
+    finally:
+        assert await jamono.stop() == 0, jamono.output
+    assert status == 200
+    referenced = referenced_metrics()
+    assert {"jamono_turns_total", "jamono_turn_duration_seconds_bucket",
+            "jamono_integration_circuit_open", "jamono_budget_rejections_total",
+            "jamono_gateway_refusals_total", "jamono_briefing_runs_total",
+            "jamono_llm_cost_usd_total"} <= referenced
+    assert referenced - exported_names(body) == set()
+    rules = yaml.safe_load((DEPLOY / "prometheus-alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
+
+
+async def test_operator_totals_keep_workspaces_apart(engine):
+    repos = Repositories.over(session_factory(engine))
+    acme, globex = Tenant(team_id=ACME), Tenant(team_id="T0GLOBEX")
+    for tenant, persona, status, n in ((acme, "nox", "ok", 2), (globex, "atlas", "error", 1)):
+        for i in range(n):
+            turn_id, _ = await repos.conversations.begin_turn(
+                tenant, "C1", f"{persona}{i}", persona, "U1")
+            await repos.conversations.finish_turn(
+                tenant, turn_id, [], [], status, None, 5,
+                [LLMCallUsage("m1", 10, 3, 1)])
+    await repos.conversations.begin_turn(acme, "C1", "still-running", "nox", "U1")
+    await repos.audit.record_tool_call(
+        globex, turn_id=None, persona="atlas", user_id="U1", tool="get_time", arguments={},
+        result_summary="", status="ok", duration_ms=1)
+    await repos.approvals.create(
+        acme, persona="nox", requested_by="U1", channel_id="C1", thread_ts="1", tool="t",
+        arguments={}, risk="write", target="x")
+
+    totals = await repos.metrics.operator_totals()
+
+    assert sorted(totals.turns) == [(ACME, "nox", "ok", 2), ("T0GLOBEX", "atlas", "error", 1)]
+    assert sorted(totals.llm) == [(ACME, "m1", 2, 20, 6), ("T0GLOBEX", "m1", 1, 10, 3)]
+    assert totals.tool_calls == [("get_time", "ok", 1)]
+    assert totals.approvals == [(ACME, "pending", 1)]
+    assert totals.briefings == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"JAMONO_METRICS_TOKEN": "short"}, "JAMONO_METRICS_TOKEN=(hidden)"),
+        ({"JAMONO_METRICS_PORT": "3000", "PORT": "3000"}, "must differ from PORT"),
+    ],
+)
+def test_metrics_settings_that_would_expose_or_clash_are_refused(monkeypatch, overrides, problem):
+    for name, setting in overrides.items():
+        monkeypatch.setenv(name, setting)
+    with pytest.raises(SettingsError) as refused:
+        load_settings(_env_file=None)
+    assert problem in str(refused.value)
+    assert "short" not in str(refused.value)
