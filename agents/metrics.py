@@ -6,8 +6,9 @@ Two kinds of figure, told apart in each metric's help text:
   Read from the database at scrape time (:meth:`MetricsRepository.operator_totals`), so they
   survive restarts and need no hook in the code that writes them. Every replica reports the
   same totals: aggregate them across instances with ``max``, never ``sum``.
-* **Process** — the turn latency histogram, integration circuits, the cross-session gateway,
-  budget rejections and the ``process_*`` figures. Each process reports its own: ``sum`` them.
+* **Process** — the turn latency histogram, integration circuits, the cross-session gateway
+  and the ``process_*`` figures. Each process reports its own: ``sum`` them.
+* **Budgets** — rejections by workspace and limit, as ``budget_rejections`` reports them.
 
 Labels are bounded: ``team_id`` (the tenant id — a workspace's team id, or the enterprise id
 of an org-wide install), persona, model, tool (names outside the tool registry become
@@ -117,7 +118,8 @@ class JamonoCollector(Collector):
         yield from self._gateway()
         rejections = CounterMetricFamily(
             "jamono_budget_rejections",
-            "Turns refused by a budget or rate limit, by workspace and limit (this process).",
+            "Turns refused by a budget or rate limit, by workspace and limit, as the budgets "
+            "module counts them.",
             labels=["team_id", "limit"],
         )
         for (team_id, limit), count in sorted(self._rejections.items()):

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,6 +18,15 @@ from storage.db import session_factory
 from storage.repositories import Repositories
 from storage.repositories.conversations import LLMCallUsage
 from storage.tenancy import Tenant
+from tests.cross_session_support import (
+    SECRET,
+    GatewayProcess,
+    receive,
+    register,
+    send,
+    wait_until,
+)
+from tests.cross_session_support import token as session_token
 from tests.e2e import ACME, ACME_TOKEN, SIGNING_SECRET, base_settings, has_buttons, started
 from tests.fakes import ToolCall
 from tests.fakes.jira import FakeJira
@@ -258,3 +268,33 @@ def test_metrics_settings_that_would_expose_or_clash_are_refused(monkeypatch, ov
         load_settings(_env_file=None)
     assert problem in str(refused.value)
     assert "short" not in str(refused.value)
+
+
+async def test_jamono_gateway_serves_gateway_figures(sqlite_url, tmp_path, http):
+    metrics_port = free_port()
+    gateway = GatewayProcess({"DATABASE_URL": sqlite_url, "JAMONO_GATEWAY_SECRET": SECRET,
+                              "JAMONO_METRICS_PORT": str(metrics_port)}, tmp_path)
+    await gateway.start()
+    try:
+        ws, _ = await register(http, gateway.url, session_token())
+        with pytest.raises(aiohttp.WSServerHandshakeError):  # a foreign web page
+            await http.ws_connect(gateway.url, headers={"Origin": "https://evil.example"})
+        forged = await http.ws_connect(gateway.url)
+        await send(forged, 1, "session.register", {"token": "not-a-token", "app": "excel"})
+        assert "error" in await receive(forged)
+        await forged.close()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+        async def scraped():
+            found = figures((await get(http, metrics_url))[1])
+            return found if value(found, "jamono_gateway_refusals_total",
+                                  reason="auth") == 1 else None
+
+        found = await wait_until(scraped)
+        await ws.close()
+    finally:
+        await gateway.kill()
+    assert value(found, "jamono_gateway_sessions") == 1
+    assert value(found, "jamono_gateway_sessions_registered_total") == 1
+    assert value(found, "jamono_gateway_refusals_total", reason="origin") == 1
+    assert value(found, "jamono_gateway_messages_total") == 2  # two session.register
