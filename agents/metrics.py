@@ -3,9 +3,16 @@
 Two kinds of figure, told apart in each metric's help text:
 
 * **Stored** — turns, LLM calls, tokens and cost, tool calls, approval requests, briefing runs.
-  Read from the database at scrape time (:meth:`MetricsRepository.operator_totals`), so they
-  survive restarts and need no hook in the code that writes them. Every replica reports the
-  same totals: aggregate them across instances with ``max``, never ``sum``.
+  Read from the database at scrape time, so they survive restarts and need no hook in the
+  code that writes them. Every replica reports the same totals: aggregate them across
+  instances with ``max``, never ``sum``.
+
+  The counters are kept cheap by counting each row once (:class:`StoredCounters`): rows up to
+  the highest ids seen :data:`SETTLE` seconds ago are *settled* and added to running sums;
+  each scrape groups only the rows after them. A process's first scrape counts everything
+  once. ``SETTLE`` covers transactions that commit after a later id (PostgreSQL sequences
+  hand ids out before commit); a turn still running holds its range back, unless it started
+  more than :data:`STUCK` ago (a process killed mid-turn leaves such a row).
 * **Process** — the turn latency histogram, integration circuits, the cross-session gateway
   and the ``process_*`` figures. Each process reports its own: ``sum`` them.
 * **Budgets** — rejections by workspace and limit, as ``budget_rejections`` reports them.
@@ -20,7 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import astuple, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
@@ -29,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from integrations.resilience import Resilience
-from storage.repositories.metrics import MetricsRepository, OperatorTotals
+from storage.repositories.metrics import Counts, Marks, MetricsRepository, States
 
 if TYPE_CHECKING:
     from integrations.cross_session import CrossSession
@@ -48,6 +59,42 @@ BudgetRejections = Callable[
 OTHER_TOOL = "other"
 TURN_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)  # seconds
 STORED = "Stored figure, the same on every replica (aggregate with max)."
+SETTLE = 300.0  # seconds after which rows up to the ids then seen are counted for good
+STUCK = timedelta(hours=1)  # a turn running longer is taken as dead for settling
+
+
+class StoredCounters:
+    """Running sums of the stored counters: settled rows are added once, newer ones are
+    grouped at each :meth:`read`. ``clock`` is monotonic seconds (injected by tests)."""
+
+    def __init__(
+        self, repository: MetricsRepository, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.repository = repository
+        self._clock = clock
+        self._settled = Counts()
+        self._marks = Marks()
+        self._seen: deque[tuple[float, Marks]] = deque()
+
+    async def read(self) -> Counts:
+        """Every counter's total now. Raises what the database raises."""
+        now = self._clock()
+        self._seen.append((now, await self.repository.marks()))
+        target: Marks | None = None
+        while self._seen and now - self._seen[0][0] >= SETTLE:
+            target = self._seen.popleft()[1]
+        if target is not None:
+            # Marks only move forward (erasing a workspace may lower a table's highest id).
+            target = Marks(*(max(new, old) for new, old in zip(
+                astuple(target), astuple(self._marks), strict=True)))
+            running = await self.repository.first_running_turn(
+                self._marks.turns, target.turns, datetime.now(UTC) - STUCK
+            )
+            if running is not None:
+                target = replace(target, turns=running - 1)
+            added = await self.repository.counts(self._marks, target)
+            self._settled, self._marks = self._settled + added, target
+        return self._settled + await self.repository.counts(self._marks)
 
 
 class TurnLatency:
@@ -85,25 +132,27 @@ class JamonoCollector(Collector):
         cross_session: CrossSession | None = None,
         cost_of: CostOf | None = None,
         budget_rejections: BudgetRejections | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
+        self.counters = StoredCounters(repository, clock=clock)
         self.resilience = resilience
         self.turn_latency = turn_latency
         self.tool_names = frozenset(tool_names)
         self.cross_session = cross_session
         self.cost_of = cost_of
         self.budget_rejections = budget_rejections
-        self._totals: OperatorTotals | None = None
+        self._snapshot: tuple[Counts, States] | None = None
         self._rejections: Mapping[tuple[str, str], int] = {}
 
     async def refresh(self) -> None:
         """Read the stored figures and the budget rejections; a failing read is logged and
         shows as ``jamono_metrics_storage_up 0`` (the process figures are still served)."""
         try:
-            self._totals = await self.repository.operator_totals()
+            self._snapshot = (await self.counters.read(), await self.repository.states())
         except Exception as exc:  # a scrape reports the database down, it must not fail
             log.warning("metrics_storage_failed", error=repr(exc))
-            self._totals = None
+            self._snapshot = None
         if self.budget_rejections is not None:
             try:
                 found = self.budget_rejections()
@@ -131,14 +180,14 @@ class JamonoCollector(Collector):
             "jamono_metrics_storage_up",
             "1 when this scrape read the stored figures from the database, else 0.",
         )
-        up.add_metric([], 0 if self._totals is None else 1)
+        up.add_metric([], 0 if self._snapshot is None else 1)
         yield up
-        totals = self._totals or OperatorTotals([], [], [], [], [])
+        counts, states = self._snapshot or (Counts(), States([], []))
         turns = CounterMetricFamily(
             "jamono_turns", f"Finished turns by workspace, persona and outcome. {STORED}",
             labels=["team_id", "persona", "outcome"],
         )
-        for team_id, persona, status, count in totals.turns:
+        for (team_id, persona, status), count in sorted(counts.turns.items()):
             turns.add_metric([team_id, persona, status], count)
         calls = CounterMetricFamily(
             "jamono_llm_calls", f"Chat Completions calls by workspace and model. {STORED}",
@@ -154,7 +203,9 @@ class JamonoCollector(Collector):
             f"LLM cost in US dollars by workspace and model, from the price table. {STORED}",
             labels=["team_id", "model"],
         )
-        for team_id, model, n, prompt, completion in totals.llm:
+        for (team_id, model), n in sorted(counts.llm_calls.items()):
+            prompt = counts.prompt_tokens[(team_id, model)]
+            completion = counts.completion_tokens[(team_id, model)]
             calls.add_metric([team_id, model], n)
             tokens.add_metric([team_id, model, "prompt"], prompt)
             tokens.add_metric([team_id, model, "completion"], completion)
@@ -166,7 +217,7 @@ class JamonoCollector(Collector):
             labels=["tool", "outcome"],
         )
         by_tool: dict[tuple[str, str], int] = {}
-        for tool, status, count in totals.tool_calls:
+        for (tool, status), count in counts.tool_calls.items():
             # A model may name any tool; only registered names become label values.
             key = (tool if tool in self.tool_names else OTHER_TOOL, status)
             by_tool[key] = by_tool.get(key, 0) + count
@@ -177,14 +228,14 @@ class JamonoCollector(Collector):
             f"Approval requests by workspace and current state. {STORED}",
             labels=["team_id", "state"],
         )
-        for team_id, state, count in totals.approvals:
+        for team_id, state, count in states.approvals:
             approvals.add_metric([team_id, state], count)
         briefings = CounterMetricFamily(
             "jamono_briefing_runs",
             f"Finished briefing runs by outcome (posted, failed, skipped). {STORED}",
             labels=["outcome"],
         )
-        for state, count in totals.briefings:
+        for state, count in states.briefings:
             briefings.add_metric([state], count)
         yield from (turns, calls, tokens, cost, tools, approvals, briefings)
 

@@ -13,10 +13,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.metrics import SETTLE, StoredCounters
 from bot.settings import SettingsError, load_settings
 from storage.db import session_factory
 from storage.repositories import Repositories
 from storage.repositories.conversations import LLMCallUsage
+from storage.repositories.metrics import Marks, States
 from storage.tenancy import Tenant
 from tests.cross_session_support import (
     SECRET,
@@ -227,17 +229,21 @@ async def test_dashboard_and_alerts_only_use_metrics_the_endpoint_exports(
             assert rule["alert"] and rule["expr"] and rule["annotations"]["summary"]
 
 
-async def test_operator_totals_keep_workspaces_apart(engine):
+async def finished_turn(repos, tenant, persona, status, thread):
+    turn_id, _ = await repos.conversations.begin_turn(tenant, "C1", thread, persona, "U1")
+    await repos.conversations.finish_turn(
+        tenant, turn_id, [], [], status, None, 5, [LLMCallUsage("m1", 10, 3, 1)])
+
+
+async def test_stored_counters_count_each_row_once_and_keep_workspaces_apart(engine):
     repos = Repositories.over(session_factory(engine))
     acme, globex = Tenant(team_id=ACME), Tenant(team_id="T0GLOBEX")
-    for tenant, persona, status, n in ((acme, "nox", "ok", 2), (globex, "atlas", "error", 1)):
-        for i in range(n):
-            turn_id, _ = await repos.conversations.begin_turn(
-                tenant, "C1", f"{persona}{i}", persona, "U1")
-            await repos.conversations.finish_turn(
-                tenant, turn_id, [], [], status, None, 5,
-                [LLMCallUsage("m1", 10, 3, 1)])
-    await repos.conversations.begin_turn(acme, "C1", "still-running", "nox", "U1")
+    now = [0.0]
+    counters = StoredCounters(repos.metrics, clock=lambda: now[0])
+    await finished_turn(repos, acme, "nox", "ok", "1")
+    await finished_turn(repos, acme, "nox", "ok", "2")
+    await finished_turn(repos, globex, "atlas", "error", "3")
+    running, _ = await repos.conversations.begin_turn(acme, "C1", "4", "nox", "U1")
     await repos.audit.record_tool_call(
         globex, turn_id=None, persona="atlas", user_id="U1", tool="get_time", arguments={},
         result_summary="", status="ok", duration_ms=1)
@@ -245,13 +251,27 @@ async def test_operator_totals_keep_workspaces_apart(engine):
         acme, persona="nox", requested_by="U1", channel_id="C1", thread_ts="1", tool="t",
         arguments={}, risk="write", target="x")
 
-    totals = await repos.metrics.operator_totals()
+    first = await counters.read()
+    assert first.turns == {(ACME, "nox", "ok"): 2, ("T0GLOBEX", "atlas", "error"): 1}
+    assert first.llm_calls == {(ACME, "m1"): 2, ("T0GLOBEX", "m1"): 1}
+    assert first.prompt_tokens == {(ACME, "m1"): 20, ("T0GLOBEX", "m1"): 10}
+    assert first.completion_tokens == {(ACME, "m1"): 6, ("T0GLOBEX", "m1"): 3}
+    assert first.tool_calls == {("get_time", "ok"): 1}
+    assert await repos.metrics.states() == States([(ACME, "pending", 1)], [])
 
-    assert sorted(totals.turns) == [(ACME, "nox", "ok", 2), ("T0GLOBEX", "atlas", "error", 1)]
-    assert sorted(totals.llm) == [(ACME, "m1", 2, 20, 6), ("T0GLOBEX", "m1", 1, 10, 3)]
-    assert totals.tool_calls == [("get_time", "ok", 1)]
-    assert totals.approvals == [(ACME, "pending", 1)]
-    assert totals.briefings == []
+    # Later scrapes settle what they saw SETTLE seconds before; the running turn holds its
+    # range back, so it is counted once it finishes, and nothing is counted twice.
+    now[0] = SETTLE
+    assert await counters.read() == first
+    await repos.conversations.finish_turn(acme, running, [], [], "ok", None, 5, [])
+    await finished_turn(repos, globex, "atlas", "ok", "5")
+    for step in (2, 3, 4):
+        now[0] = step * SETTLE
+        assert await counters.read() == await repos.metrics.counts(Marks())
+    final = await counters.read()
+    assert final.turns[(ACME, "nox", "ok")] == 3
+    assert final.turns[("T0GLOBEX", "atlas", "ok")] == 1
+    assert final.llm_calls == {(ACME, "m1"): 2, ("T0GLOBEX", "m1"): 2}
 
 
 @pytest.mark.parametrize(
