@@ -13,9 +13,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.metrics import SETTLE, StoredCounters
+from agents.metrics import SETTLE, JamonoCollector, Metrics, StoredCounters, TurnLatency
 from bot.settings import SettingsError, load_settings
-from storage.db import session_factory
+from integrations.resilience import Resilience
+from storage.db import create_engine, session_factory
 from storage.repositories import Repositories
 from storage.repositories.conversations import LLMCallUsage
 from storage.repositories.metrics import Marks, States
@@ -272,6 +273,45 @@ async def test_stored_counters_count_each_row_once_and_keep_workspaces_apart(eng
     assert final.turns[(ACME, "nox", "ok")] == 3
     assert final.turns[("T0GLOBEX", "atlas", "ok")] == 1
     assert final.llm_calls == {(ACME, "m1"): 2, ("T0GLOBEX", "m1"): 2}
+
+
+def collector_over(engine, **kw) -> Metrics:
+    return Metrics(JamonoCollector(
+        repository=Repositories.over(session_factory(engine)).metrics,
+        resilience=Resilience(), turn_latency=TurnLatency(), tool_names=["get_time"], **kw))
+
+
+async def test_cost_budget_rejections_and_tool_names_as_the_integrator_wires_them(engine):
+    repos = Repositories.over(session_factory(engine))
+    await finished_turn(repos, Tenant(team_id=ACME), "nox", "ok", "1")
+    # A model can ask for any tool name: it must not become a label value.
+    await repos.audit.record_tool_call(
+        Tenant(team_id=ACME), turn_id=None, persona="nox", user_id="U1",
+        tool="x" * 60, arguments={}, result_summary="", status="unknown_tool", duration_ms=1)
+
+    async def rejections():
+        return {(ACME, "turns_per_minute"): 4}
+
+    metrics = collector_over(
+        engine, cost_of=lambda model, prompt, completion: prompt * 0.5 + completion * 2.0,
+        budget_rejections=rejections)
+    found = figures((await metrics.exposition()).decode())
+
+    assert value(found, "jamono_llm_cost_usd_total", team_id=ACME, model="m1") == 10 * 0.5 + 3 * 2
+    assert value(found, "jamono_budget_rejections_total", team_id=ACME,
+                 limit="turns_per_minute") == 4
+    assert value(found, "jamono_tool_calls_total", tool="other", outcome="unknown_tool") == 1
+    assert not any("x" * 60 in str(labels) for _, labels in found)
+
+
+async def test_an_unreadable_database_shows_in_the_scrape_instead_of_failing_it(sqlite_url):
+    engine = create_engine(sqlite_url)  # never migrated: every stored query fails
+    try:
+        body = (await collector_over(engine).exposition()).decode()
+    finally:
+        await engine.dispose()
+    assert value(figures(body), "jamono_metrics_storage_up") == 0
+    assert "# TYPE jamono_turn_duration_seconds histogram" in body
 
 
 @pytest.mark.parametrize(
