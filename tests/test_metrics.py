@@ -202,6 +202,14 @@ def referenced_metrics() -> set[str]:
 
     queries = list(exprs(dashboard)) + list(exprs(rules))
     assert queries, "no queries found in deploy/"
+    for query in queries:  # a typo'd bracket would leave a panel or an alert blank forever
+        depth = []
+        for char in query:
+            if char in "([{":
+                depth.append(char)
+            elif char in ")]}":
+                assert depth and "([{"[")]}".index(char)] == depth.pop(), query
+        assert not depth, query
     return {name for query in queries for name in re.findall(r"\bjamono_[a-z_]+", query)}
 
 
