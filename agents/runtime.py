@@ -92,6 +92,9 @@ class AgentRuntime:
     turns owned by ``owner`` (this process's instance id; unique by default), so a process
     killed mid-turn leaves in memory what really ran and its turns can be closed
     (:meth:`storage.repositories.conversations.ConversationRepository.close_orphans`).
+
+    ``observe_turn`` hears ``(persona, status, seconds)`` as each turn ends (the metrics'
+    latency histogram).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class AgentRuntime:
         approval_ttl: timedelta = DEFAULT_TTL,
         budgets: Budgets | None = None,
         owner: str | None = None,
+        observe_turn: Callable[[str, str, float], None] | None = None,
     ) -> None:
         self.llm = llm
         self.owner = owner or new_instance_id()
@@ -116,6 +120,7 @@ class AgentRuntime:
         self.tool_timeout = tool_timeout
         self.context_tokens = context_tokens
         self.budgets = budgets
+        self.observe_turn = observe_turn
         self.gate = ActionGate(
             repos=repos,
             registry=registry,
@@ -156,6 +161,8 @@ class AgentRuntime:
             recorded[:] = len(new_messages), len(outcome.usage)  # else finish stores them
 
         async def finish(status: str, error: str | None) -> None:
+            if self.observe_turn is not None:
+                self.observe_turn(persona.name, status, time.perf_counter() - started)
             # Shielded: a turn cut short by shutdown still stores what it did, so the
             # thread's memory and the audit stay whole.
             messages = new_messages[recorded[0] :]

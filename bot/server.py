@@ -4,7 +4,8 @@ Routes: ``POST /slack/events`` (Events API, slash commands and interactivity),
 ``GET /healthz`` (process alive), ``GET /readyz`` (database reachable, Slack auth ok) and,
 with OAuth, ``GET /slack/install`` and ``GET /slack/oauth_redirect``; with the cross-session
 gateway configured, ``GET /ws`` (docs/cross-session-protocol.md). ``jamono gateway`` serves
-only ``/ws`` and the health routes.
+only ``/ws`` and the health routes. ``GET /metrics`` (Prometheus) is off unless configured,
+on its own port or behind a bearer token (bot/metrics.py); ``jamono gateway`` serves it too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
 from bot.briefings.clients import NotInstalled
+from bot.metrics import MetricsEndpoint
 from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
@@ -54,6 +56,7 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._auth: tuple[float, str] | None = None
         self._background: list[asyncio.Task] = []
+        self.metrics = MetricsEndpoint(services.metrics, self.settings)
         if self.bolt is not None:
             services.status.register_check("slack", self.slack_state)
 
@@ -76,6 +79,7 @@ class Server:
         if self.services.cross_session is not None:
             app.router.add_get("/ws", self.services.cross_session.gateway.handle)
             app.on_shutdown.append(self.services.cross_session.gateway.shutdown)
+        self.metrics.mount(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.settings.host, self.settings.port).start()
@@ -87,6 +91,7 @@ class Server:
             oauth=self.settings.oauth_enabled,
             gateway=self.services.cross_session is not None,
         )
+        await self.metrics.start()
         if self.bolt is not None and self.settings.socket_mode:
             self.socket = AsyncSocketModeHandler(
                 self.bolt,
@@ -139,6 +144,7 @@ class Server:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.metrics.stop()
         log.info("stopped", cancelled_turns=cancelled)
 
     async def _prune_claims(self) -> None:

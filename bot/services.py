@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agents.budgets import DEFAULT_PRICES, Budgets, Limits, ModelChoice, PriceTable
 from agents.connections import INTEGRATIONS, Connections, Defaults
 from agents.llm import LLMClient
+from agents.metrics import JamonoCollector, Metrics, TurnLatency
 from agents.runtime import AgentRuntime, new_instance_id
 from agents.status import StatusBoard
 from agents.tools import build_registry
@@ -73,6 +74,7 @@ class Services:
     approvals: ApprovalDesk
     briefings: Briefings
     slack_http: aiohttp.ClientSession  # one connection pool to Slack for every Web API client
+    metrics: Metrics  # GET /metrics (bot/metrics.py)
     cross_session: CrossSession | None = None
     scheduler: Scheduler | None = None  # set by the server that runs it
     # What start() opened, closed in reverse order by close().
@@ -136,6 +138,7 @@ class Services:
         if cross_session is not None:
             sessions = cross_session.router.sessions
             status.register_check("cross-session", lambda: _held(sessions))
+        turn_latency = TurnLatency()
         runtime = AgentRuntime(
             llm=llm,
             registry=build_registry(
@@ -153,6 +156,18 @@ class Services:
             approval_ttl=timedelta(hours=settings.approval_ttl),
             budgets=budgets,
             owner=instance_id,
+            observe_turn=turn_latency.observe,
+        )
+        metrics = Metrics(
+            JamonoCollector(
+                repository=repos.metrics,
+                resilience=connections.resilience,
+                turn_latency=turn_latency,
+                tool_names=[tool.name for tool in runtime.registry],
+                cross_session=cross_session,
+                cost_of=budgets.cost,
+                budget_rejections=budgets.rejections,
+            )
         )
         if cross_session is not None:
             await cross_session.start()
@@ -193,6 +208,7 @@ class Services:
             cross_session=cross_session,
             briefings=briefings,
             slack_http=slack_http,
+            metrics=metrics,
         )
 
     async def close(self) -> None:

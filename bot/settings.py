@@ -208,6 +208,26 @@ class Settings(BaseSettings):
         15.0, ge=0.5, le=300, validation_alias=AliasChoices("JAMONO_TURN_HEARTBEAT")
     )
 
+    # Metrics (GET /metrics, Prometheus): off unless a port or a token is set. On its own port
+    # (bound to JAMONO_METRICS_HOST) it is kept off the public one; on the public port it
+    # needs the bearer token. A token, when set, is required on either.
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias=AliasChoices("JAMONO_METRICS_PORT")
+    )
+    metrics_host: str = Field("127.0.0.1", validation_alias=AliasChoices("JAMONO_METRICS_HOST"))
+    metrics_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("JAMONO_METRICS_TOKEN")
+    )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -347,6 +367,16 @@ class Settings(BaseSettings):
         return frozenset(
             m.strip() for m in self.allowed_models.split(",") if m.strip()
         ) | {self.model}
+    def metrics_enabled(self) -> bool:
+        """``GET /metrics`` is served (on its own port, or on the main one behind the token)."""
+        return self.metrics_port is not None or self.metrics_token is not None
+
+    def metrics_problems(self) -> list[str]:
+        """Metrics settings that cannot work together (empty when fine)."""
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            return ["JAMONO_METRICS_PORT must differ from PORT (leave it unset and set "
+                    "JAMONO_METRICS_TOKEN to serve /metrics on PORT)"]
+        return []
 
     @property
     def llm_configured(self) -> bool:
@@ -462,6 +492,7 @@ def load_settings(**overrides: object) -> Settings:
         + settings.integration_problems()
         + settings.gateway_problems()
         + settings.secrets_problems()
+        + settings.metrics_problems()
     )
     if problems:
         raise SettingsError(problems)

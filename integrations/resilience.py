@@ -102,6 +102,19 @@ class Health:
         return f"{self.state}: {self.detail}" if self.detail else self.state
 
 
+@dataclass(frozen=True)
+class CircuitState:
+    """One (workspace, integration) circuit as the metrics scrape reads it.
+
+    ``open`` is true from the moment the circuit opens until a probe succeeds (half-open
+    included); ``failures`` counts consecutive transient failures."""
+
+    workspace: str
+    integration: str
+    open: bool
+    failures: int
+
+
 class CircuitOpenError(IntegrationError):
     """Raised at once, without calling the service, while its circuit is open.
 
@@ -286,3 +299,22 @@ class Resilience:
     def forget(self, workspace: str, integration: str) -> None:
         """Drop the circuit and last error, e.g. after the workspace saved new credentials."""
         self._circuits.pop((workspace, integration), None)
+
+    def reset(self, workspace: str, integration: str) -> bool:
+        """Close the (workspace, integration) circuit at once, as a workspace admin asked from
+        ``/nox-status``; the next call goes straight to the service. Only that pair is touched.
+
+        Returns whether the circuit was open.
+        """
+        circuit = self._circuits.pop((workspace, integration), None)
+        was_open = circuit is not None and circuit.opened_at is not None
+        if was_open:
+            log.info("circuit_reset", workspace=workspace, integration=integration)
+        return was_open
+
+    def states(self) -> list[CircuitState]:
+        """Every circuit this process keeps (a workspace appears once it called the service)."""
+        return [
+            CircuitState(workspace, integration, circuit.opened_at is not None, circuit.failures)
+            for (workspace, integration), circuit in list(self._circuits.items())
+        ]

@@ -1,12 +1,20 @@
-"""``/nox-status``: persona, model, LLM reachability, integrations, uptime, version, last error."""
+"""``/nox-status``: persona, model, LLM reachability, integrations, uptime, version, last error.
+
+For a workspace admin, an integration whose circuit is open gets a "Reset circuit" button
+(handled in bot/listeners/actions.py).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from agents.budgets import SpendReport
+from agents.connections import INTEGRATIONS, LABELS
 from bot.commands.base import Invocation
 from bot.render import Reply, context, header, section
+
+CIRCUIT_RESET = "circuit_reset"  # action_id of the button; its value is the integration
 
 
 async def run(invocation: Invocation) -> Reply:
@@ -34,6 +42,7 @@ async def run(invocation: Invocation) -> Reply:
     blocks = [header(f"{persona.display_name} status"), section(text)]
     if not persona.enabled:
         blocks.append(context(f"{persona.display_name} is disabled in this workspace."))
+    blocks.extend(await _reset_buttons(invocation))
     return Reply(text=f"{persona.display_name} status\n{text}", blocks=blocks)
 
 
@@ -76,6 +85,34 @@ def _rate(limit: int, what: str, left: int | None, who: str) -> str:
     if left is None:
         return f"{limit} {what}"
     return f"{limit} {what} ({who + ' ' if who else ''}{left} left now)"
+
+
+async def _reset_buttons(invocation: Invocation) -> list[dict[str, Any]]:
+    """One button per open circuit of this workspace, shown to admins only (the click is
+    checked again: a button can be replayed by anyone who saw it)."""
+    resilience = invocation.services.connections.resilience
+    tenant = invocation.request.tenant
+    opened = [
+        integration
+        for integration in INTEGRATIONS
+        if resilience.health(tenant.id, integration).state == "circuit open"
+    ]
+    if not opened or not await invocation.request.is_admin():
+        return []
+    buttons = [
+        {
+            "type": "button",
+            "action_id": CIRCUIT_RESET,
+            "text": {"type": "plain_text", "text": f"Reset {LABELS[name]} circuit"},
+            "value": name,
+        }
+        for name in opened
+    ]
+    note = context(
+        "Calls to an integration with an open circuit fail at once. Reset it once the "
+        "service is back, and the next call goes straight to it."
+    )
+    return [note, {"type": "actions", "block_id": "circuit_reset", "elements": buttons}]
 
 
 def _duration(seconds: float) -> str:

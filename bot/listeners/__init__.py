@@ -28,6 +28,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     commands.register(app, CommandRouter(services), services)
     home.register(app, services)
     actions.register(app, services.approvals, services.inflight)
+    actions.register_circuit_reset(app, services.connections.resilience, services.repos.events)
     views.register(app, services)
 
     # Slack counts a non-2xx answer as a failed delivery and retries it; Bolt answers 404 when

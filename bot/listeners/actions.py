@@ -1,4 +1,5 @@
-"""``block_actions``: Approve and Reject buttons of approval requests (see :mod:`bot.approvals`).
+"""``block_actions``: Approve and Reject buttons of approval requests (see :mod:`bot.approvals`),
+and the "Reset circuit" button of ``/nox-status``.
 
 Acked at once (Slack's 3 s rule); the decision and the action run afterwards, tracked for
 graceful shutdown.
@@ -12,13 +13,18 @@ from typing import Any
 import structlog
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from agents.connections import INTEGRATIONS, LABELS
 from bot.approvals import APPROVE, REJECT, ApprovalDesk, Click
+from bot.commands.status import CIRCUIT_RESET
 from bot.listeners.context import tenant_of
-from bot.slack_client import slack_error
+from bot.slack_client import is_workspace_admin, slack_error
 from bot.work import InFlight, ShuttingDown
+from integrations.resilience import Resilience
+from storage.repositories.events import EventRepository
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +53,42 @@ def register(app: AsyncApp, desk: ApprovalDesk, inflight: InFlight) -> None:
                 )
             except SlackApiError as exc:
                 log.warning("approval_ephemeral_failed", error=slack_error(exc))
+
+
+def register_circuit_reset(app: AsyncApp, resilience: Resilience, events: EventRepository) -> None:
+    @app.action(CIRCUIT_RESET)
+    async def on_circuit_reset(
+        ack, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext,
+        client: AsyncWebClient, respond: AsyncRespond,
+    ) -> None:
+        """Close the clicking workspace's circuit for the button's integration, for admins.
+
+        The workspace is the one Slack signed the click for, never read from the button: a
+        replayed or edited value can name an integration, not another workspace.
+        """
+        await ack()
+        tenant, user_id = tenant_of(context), body["user"]["id"]
+        integration = str(action.get("value", ""))
+        if integration not in INTEGRATIONS:
+            await _tell(respond, f"There is no integration named `{integration[:40]}`.")
+            return
+        label = LABELS[integration]
+        if not await is_workspace_admin(client, user_id):
+            log.info("circuit_reset_refused", tenant=tenant.id, integration=integration,
+                     user_id=user_id)
+            await _tell(respond, f"Only workspace admins and owners can reset the {label} "
+                                 "circuit. Ask one of them, or wait: it retries by itself.")
+            return
+        was_open = resilience.reset(tenant.id, integration)
+        await events.record(tenant, "circuit_reset", actor=user_id, subject=integration,
+                            details={"was_open": was_open})
+        await _tell(respond, f"{label} circuit reset: the next call goes straight to {label}."
+                    if was_open else f"The {label} circuit was not open; nothing to reset.")
+
+
+async def _tell(respond: AsyncRespond, text: str) -> None:
+    """An ephemeral note to the clicker, leaving the status message as it was."""
+    await respond(text=text, response_type="ephemeral", replace_original=False)
 
 
 def click_of(body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext) -> Click:

@@ -12,7 +12,8 @@ import asyncio
 import itertools
 import secrets
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -40,6 +41,20 @@ class GatewayLimits:
     burst: int = 40
     allowed_origins: frozenset[str] = frozenset()
     allow_missing_origin: bool = True
+
+
+@dataclass
+class GatewayStats:
+    """What this process's gateway saw since it started, read by the metrics scrape.
+
+    ``messages``: text messages received; ``registered``: sessions admitted; ``refusals``:
+    connections refused or closed by policy, by reason (``origin``, ``auth``, ``rate_limited``,
+    ``too_many_sessions``, ``binary``).
+    """
+
+    messages: int = 0
+    registered: int = 0
+    refusals: Counter[str] = field(default_factory=Counter)
 
 
 class _Bucket:
@@ -118,8 +133,10 @@ class Connection:
             await self._register()
             async for message in self.ws:
                 if message.type == WSMsgType.TEXT:
+                    self.gateway.stats.messages += 1
                     await self._on_text(message.data)
                 elif message.type == WSMsgType.BINARY:
+                    self.gateway.stats.refusals["binary"] += 1
                     await self.close(rpc.CLOSE_UNSUPPORTED, "text frames only")
                     return
         except _Closed:
@@ -133,6 +150,7 @@ class Connection:
     async def _refuse(self, id_: Any, reason: str) -> None:
         """Auth failure: error -32001, then close 4401."""
         log.info("xs_auth_refused", reason=reason)
+        self.gateway.stats.refusals["auth"] += 1
         await self._send(rpc.error(id_, rpc.AUTH_ERROR, reason))
         await self.close(rpc.CLOSE_AUTH, "unauthorized")
         raise _Closed
@@ -154,12 +172,15 @@ class Connection:
                 await self._refuse(None, "session.register with a valid token is required "
                                          f"within {gateway.limits.register_timeout:g} s")
             if not self._bucket.take():
+                gateway.stats.refusals["rate_limited"] += 1
                 await self.close(rpc.CLOSE_POLICY, "rate limit exceeded")
                 raise _Closed
             if message.type != WSMsgType.TEXT:
                 if message.type == WSMsgType.BINARY:
+                    gateway.stats.refusals["binary"] += 1
                     await self.close(rpc.CLOSE_UNSUPPORTED, "text frames only")
                 raise _Closed
+            gateway.stats.messages += 1
             try:
                 request = rpc.parse(message.data)
             except ProtocolError as exc:
@@ -197,11 +218,13 @@ class Connection:
         self.session = session  # set first: a connection lost while admitting cleans it up
         if not await gateway.router.admit(session, limit):
             self.session = None
+            gateway.stats.refusals["too_many_sessions"] += 1
             await self._send(rpc.error(id_, rpc.SERVER_ERROR, f"at most {limit} sessions per "
                                        "user are allowed", {"reason": "too_many_sessions"}))
             await self.close(rpc.CLOSE_POLICY, "too many sessions")
             raise _Closed
         self._expire_at(identity.expires_at)
+        gateway.stats.registered += 1
         log.info("xs_session_registered", session_id=session.session_id, app=app,
                  team_id=identity.owner.team_id, user_id=identity.owner.slack_user_id)
         await self._send(rpc.result(id_, {"session_id": session.session_id,
@@ -243,6 +266,7 @@ class Connection:
         )
         if not awaited and not self._bucket.take():
             log.warning("xs_rate_limited", session_id=self.session.session_id)
+            self.gateway.stats.refusals["rate_limited"] += 1
             await self._send(rpc.error(None, rpc.SERVER_ERROR, "rate limit exceeded",
                                        {"reason": "rate_limited"}))
             await self.close(rpc.CLOSE_POLICY, "rate limit exceeded")
@@ -314,13 +338,16 @@ class Gateway:
         self.router = router
         self.limits = limits
         self._connections: set[Connection] = set()
+        self.stats = GatewayStats()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         if origin is None and not self.limits.allow_missing_origin:
+            self.stats.refusals["origin"] += 1
             return web.json_response({"error": "an Origin header is required"}, status=403)
         if origin is not None and origin not in self.limits.allowed_origins:
             log.info("xs_origin_refused", origin=origin)
+            self.stats.refusals["origin"] += 1
             return web.json_response({"error": f"origin {origin} is not allowed"}, status=403)
         ws = web.WebSocketResponse(
             heartbeat=self.limits.heartbeat,
