@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from cryptography.fernet import Fernet
 
 from storage.repositories.policy import ANY_CHANNEL, ActionPolicy, Verdict
-from storage.secrets import SecretBox, UndecryptableSecret, generate_key, mask, parse_keys
+from storage.secrets import SecretBox, UndecryptableSecret, mask, parse_keys
 
-K1, K2, K3 = (generate_key() for _ in range(3))
+# Fixed keys, not generated ones: parametrized ids must be equal in every pytest-xdist worker.
+K1, K2, K3 = (base64.urlsafe_b64encode(bytes([n]) * 32).decode() for n in (1, 2, 3))
 
 
 @pytest.mark.parametrize(

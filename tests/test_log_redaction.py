@@ -15,7 +15,7 @@ import structlog
 from agents.llm import LLMClient
 from bot.logs import REDACTED, RedactingFilter, Redactor, redacting_handler
 from bot.settings import load_settings
-from storage.secrets import SecretBox, generate_key
+from storage.secrets import generate_key
 from tests.e2e import ACME, ACME_TOKEN, ALICE, GLOBEX, GLOBEX_TOKEN, SIGNING_SECRET, started
 from tests.process import free_port
 from tests.test_e2e_oauth import CLIENT_SECRET, command, install, mention, oauth_settings
@@ -24,8 +24,12 @@ JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJVMEFMSUNFIiwidGVhbSI6IlQwQUNNRSJ9."
     "c2lnbmF0dXJlLWJ5dGVzLWhlcmU"
 )
-FERNET_KEY = generate_key()
-FERNET_TOKEN = SecretBox([FERNET_KEY]).encrypt("jira-api-token")
+# Fixed values, not generated ones: parametrized ids must be equal in every pytest-xdist worker.
+FERNET_KEY = "amFtb25vLXJlZGFjdGlvbi10ZXN0LWtleS0zMmJ5dGU="
+FERNET_TOKEN = (  # SecretBox([FERNET_KEY]).encrypt("jira-api-token")
+    "gAAAAABrDMfhgqlRye4_7OM7Ny3kDPLiyeK5HneKSSuypGOoKswtHH44iPPH"
+    "qt8j056dZ8Ta-XnToAXCQwACbBZClEfQX-XoLw=="
+)
 PEM = (
     "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n"
     "-----END PRIVATE KEY-----"

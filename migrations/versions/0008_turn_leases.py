@@ -4,16 +4,16 @@ A process killed mid-turn leaves its turn ``running`` forever; with ``owner`` (t
 and ``heartbeat_at`` (bumped while the turn runs), a restarted instance closes its own orphans
 and any replica closes turns whose owner stopped heartbeating (bot.turns).
 
-Revision ID: 0010
-Revises: 0004
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-11-30
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
-down_revision = "0004"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
