@@ -186,19 +186,25 @@ class Server:
     async def slack_events(self, request: web.Request) -> web.Response:
         """Slack's one request URL: verify the signature, parse within limits, let Bolt dispatch.
 
-        Nothing of the body is parsed before its signature is checked (a bad one is a 401);
-        a signed body that still does not parse, or nests deeper than
-        ``JAMONO_MAX_JSON_DEPTH``, is a 400. Bodies over ``JAMONO_MAX_REQUEST_BODY`` bytes are
+        Nothing of the body is parsed before its signature is checked (a bad one is a 401;
+        a body that is not even UTF-8 is a 400); a signed body that still does not parse, or
+        nests deeper than ``JAMONO_MAX_JSON_DEPTH``, is a 400. Bodies over
+        ``JAMONO_MAX_REQUEST_BODY`` bytes are
         a 413 (aiohttp's ``client_max_size``).
         """
         raw = await request.read()
-        if not self._signed(raw, request.headers):
+        try:
+            # Slack only sends UTF-8, and slack_sdk verifies text; decoding parses nothing.
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            log.warning("slack_request_malformed", reason="not UTF-8", size=len(raw))
+            return _bad_request("body is not UTF-8")
+        if not self._signed(body, request.headers):
             log.warning("slack_request_unsigned", remote=request.remote, size=len(raw))
             return web.json_response({"error": "invalid request"}, status=401)
         try:
-            body = raw.decode("utf-8")
             parse_slack_body(body, request.content_type, self.settings.max_json_depth)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except ValueError as exc:
             log.warning("slack_request_malformed", reason=str(exc), size=len(raw))
             return _bad_request(f"body is not a Slack payload: {exc}")
         if self.services.inflight.draining:
@@ -208,11 +214,11 @@ class Server:
         )
         return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
 
-    def _signed(self, raw: bytes, headers) -> bool:
-        """Slack's ``v0`` signature of ``raw`` (contracts.md, "Slack: HTTP"): valid and fresh."""
+    def _signed(self, body: str, headers) -> bool:
+        """Slack's ``v0`` signature of ``body`` (contracts.md, "Slack: HTTP"): valid and fresh."""
         try:
             return self._verifier.is_valid(
-                raw,
+                body,
                 headers.get("X-Slack-Request-Timestamp"),
                 headers.get("X-Slack-Signature"),
             )
