@@ -39,7 +39,7 @@ class GatewayLimits:
 
     max_message: int = 64 * 1024
     heartbeat: float = 5.0
-    register_timeout: float = 10.0
+    register_timeout: float = 5.0
     max_sessions_per_user: int = 20
     rate: float = 20.0
     burst: int = 40
