@@ -27,6 +27,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
 from bot.briefings.clients import NotInstalled
+from bot.lifecycle import TenantLifecycle
 from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
@@ -102,6 +103,10 @@ class Server:
             self._background.append(
                 asyncio.create_task(self._expire_approvals(), name="expire-approvals")
             )
+            if self.services.redis is not None:  # uninstalls handled by other replicas
+                self._background.append(asyncio.create_task(
+                    TenantLifecycle(self.services).listen(), name="tenant-lifecycle"
+                ))
             self.services.scheduler = Scheduler(
                 briefings=self.services.briefings,
                 lease=self._lease(),

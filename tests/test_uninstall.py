@@ -202,3 +202,33 @@ async def test_revoked_user_tokens_delete_only_those_users(http, jamono, slack, 
     await jamono.wait_for_output("tenant_uninstalled")
     counts = await data.counts(Tenant(GLOBEX))
     assert counts["slack_bots"] == counts["credentials"] == 0
+
+
+async def test_an_uninstall_handled_by_one_replica_cancels_turns_on_the_other(
+    http, slack, llm, sqlite_url, redis_url, tmp_path
+):
+    settings = base_settings(slack, llm, sqlite_url) | {
+        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "REDIS_URL": redis_url,
+    }
+    first = await started(settings, tmp_path)
+    second = await started(settings, tmp_path)
+    try:
+        llm.delay(30)
+        mention = slack.app_mention_event(ALICE, "C0ASK", f"<@{BOT}> a long question")
+        await lifecycle_event(http, first, slack, ACME, mention)
+        await llm.wait_for_requests(1)
+        slack.deactivate(ACME)
+        await lifecycle_event(http, second, slack, ACME, {"type": "app_uninstalled",
+                                                          "event_ts": slack.new_ts()})
+        await second.wait_for_output("tenant_uninstalled")
+        await first.wait_for_output("tenant_stopped_here")
+        (heard,) = [json.loads(x) for x in first.output.splitlines()
+                    if '"tenant_stopped_here"' in x]
+        assert heard["tenant"] == ACME and heard["turns_cancelled"] == 1
+        assert uninstalled_line(second.output)["turns_cancelled"] == 0
+        assert "tenant_stopped_here" not in second.output  # its own announcement
+        llm.delay(0)
+    finally:
+        assert await first.stop() == 0, first.output
+        assert await second.stop() == 0, second.output
