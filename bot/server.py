@@ -99,14 +99,14 @@ class Server:
             await self.socket.connect_async()
             log.info("socket_mode_connected")
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+        if self.services.redis is not None:  # uninstalls handled by other replicas
+            self._background.append(asyncio.create_task(
+                TenantLifecycle(self.services).listen(), name="tenant-lifecycle"
+            ))
         if self.bolt is not None:
             self._background.append(
                 asyncio.create_task(self._expire_approvals(), name="expire-approvals")
             )
-            if self.services.redis is not None:  # uninstalls handled by other replicas
-                self._background.append(asyncio.create_task(
-                    TenantLifecycle(self.services).listen(), name="tenant-lifecycle"
-                ))
             self.services.scheduler = Scheduler(
                 briefings=self.services.briefings,
                 lease=self._lease(),
