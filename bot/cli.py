@@ -443,6 +443,7 @@ def _tenant_data(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             else:
                 summary = await data.erase(tenant)
+                log.warning("tenant_erased", tenant=tenant.id, rows=sum(summary.values()))
                 print(f"Erased workspace {tenant.id}:", file=sys.stderr)
         _print_counts(summary)
         return 0

@@ -172,7 +172,8 @@ class TenantDataRepository:
                 statement = select(*columns).where(tenant_table.rows_of(tenant))
                 if table.primary_key.columns:
                     statement = statement.order_by(*table.primary_key.columns)
-                for row in (await session.execute(statement)).mappings():
+                # Streamed: a workspace's conversations need not fit in memory at once.
+                async for row in (await session.stream(statement)).mappings():
                     yield {
                         "table": table.name,
                         "row": {key: _json_ready(value) for key, value in row.items()},
