@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from integrations.cross_session import GatewayLimits
+from integrations.json_limits import too_deep
 from tests.cross_session_support import (
     SECRET,
     GatewayInstance,
@@ -184,3 +185,19 @@ async def test_a_deep_but_allowed_tool_schema_is_answered(http):
     async with GatewayInstance() as instance:
         ws, _ = await register(http, instance.url, token(), tools=[tool])
         await ws.close()
+
+
+@pytest.mark.parametrize(
+    "text, depth, deep",
+    [
+        ('{"a": "[[[[[[[[[["}', 2, False),  # brackets inside strings do not count
+        ('{"a": "\\"[[[[", "b": [[1]]}', 3, False),  # nor after an escaped quote
+        ('{"a": [[[1]]]}', 3, True),
+        ('{"a": [[[1]]]}', 4, False),
+        ("[]" * 10_000, 1, False),  # wide is fine
+        ('"' + '\\"' * 50_000, 1, False),  # an unterminated string: one pass, not quadratic
+        ("[[[", 10, True),  # unbalanced counts as too deep
+    ],
+)
+def test_nesting_is_measured_outside_strings(text, depth, deep):
+    assert too_deep(text, depth) is deep
