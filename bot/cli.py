@@ -184,6 +184,23 @@ def _parser() -> argparse.ArgumentParser:
     ):
         brief_sub.add_parser(verb, help=text).add_argument("id", type=int)
     brief.set_defaults(handler=_brief)
+
+    tenant = sub.add_parser(
+        "tenant",
+        help="everything stored for one workspace: export it or erase it",
+        description="Uninstall the app from the workspace first: erasing deletes its tokens too.",
+    )
+    tenant_sub = tenant.add_subparsers(required=True, metavar="action", dest="action")
+    for action, text in (
+        ("export", "print every stored row as JSON Lines (secrets encrypted or left out)"),
+        ("erase", "delete every stored row (needs --yes)"),
+    ):
+        parser_ = tenant_sub.add_parser(action, help=text)
+        parser_.add_argument("--team", required=True, help="team_id (or enterprise_id with --org)")
+        parser_.add_argument("--org", action="store_true", help="the id is an org-wide install's")
+        if action == "erase":
+            parser_.add_argument("--yes", action="store_true", help="really delete")
+    tenant.set_defaults(handler=_tenant_data)
     return parser
 
 
@@ -506,6 +523,44 @@ def _brief(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
     return _execute(main())
+
+
+def _tenant_data(settings: Settings, args: argparse.Namespace) -> int:
+    """``jamono tenant export|erase``: JSON Lines on stdout, a summary per table on stderr."""
+    import json
+
+    from storage.db import session_factory
+    from storage.repositories.tenant_data import TenantDataRepository
+
+    tenant = _tenant(args)
+
+    async def main() -> int:
+        async with _services(settings) as services:
+            data = TenantDataRepository(session_factory(services.engine))
+            if args.action == "export":
+                async for line in data.export(tenant):
+                    print(json.dumps(line, ensure_ascii=False, sort_keys=True))
+                summary = await data.counts(tenant)
+                print(f"Exported workspace {tenant.id}:", file=sys.stderr)
+            elif not args.yes:
+                held = await data.counts(tenant)
+                print(f"Nothing erased. Workspace {tenant.id} has {sum(held.values())} "
+                      "row(s); run again with --yes to delete them:", file=sys.stderr)
+                _print_counts(held)
+                return 2
+            else:
+                summary = await data.erase(tenant)
+                log.warning("tenant_erased", tenant=tenant.id, rows=sum(summary.values()))
+                print(f"Erased workspace {tenant.id}:", file=sys.stderr)
+        _print_counts(summary)
+        return 0
+
+    return _execute(main())
+
+
+def _print_counts(counts: dict[str, int]) -> None:
+    for table, count in counts.items():
+        print(f"  {table}: {count}", file=sys.stderr)
 
 
 async def _always() -> bool:

@@ -11,11 +11,11 @@ on its own port or behind a bearer token (bot/metrics.py); ``jamono gateway`` se
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import time
 from contextlib import suppress
-from urllib.parse import parse_qs
+from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 from aiohttp import web
@@ -23,21 +23,23 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import INSTALL_PATH, REDIRECT_PATH, build_app
 from bot.briefings.clients import NotInstalled
+from bot.lifecycle import TenantLifecycle
 from bot.metrics import MetricsEndpoint
 from bot.scheduler import AdvisoryLock, Lease, RedisLease, Scheduler, SoleProcess
 from bot.services import Services
 from bot.slack_client import web_client
 from bot.turns import TurnWatch
+from integrations import json_limits
 from storage.db import ping
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
-MAX_BODY = 1024 * 1024  # bytes; Slack payloads are far smaller
 AUTH_CACHE_SECONDS = 60
 PRUNE_INTERVAL = 600  # seconds between sweeps of expired event claims
 EXPIRY_SWEEP_MAX = 60.0  # seconds between sweeps of overdue approval requests, at most
@@ -57,6 +59,11 @@ class Server:
         self._auth: tuple[float, str] | None = None
         self._background: list[asyncio.Task] = []
         self.metrics = MetricsEndpoint(services.metrics, self.settings)
+        self._verifier = (
+            SignatureVerifier(self.settings.slack_signing_secret.get_secret_value())
+            if self.settings.slack_signing_secret
+            else None
+        )
         if self.bolt is not None:
             services.status.register_check("slack", self.slack_state)
 
@@ -68,7 +75,7 @@ class Server:
             # Before taking work: what a previous life of this instance left running is dead.
             await turns.recover(startup=True)
             self._background.append(asyncio.create_task(turns.run(), name="turn-watch"))
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=self.settings.max_request_body)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         if self.bolt is not None and self.settings.http_events:
@@ -103,6 +110,10 @@ class Server:
             await self.socket.connect_async()
             log.info("socket_mode_connected")
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+        if self.services.redis is not None:  # uninstalls handled by other replicas
+            self._background.append(asyncio.create_task(
+                TenantLifecycle(self.services).listen(), name="tenant-lifecycle"
+            ))
         if self.bolt is not None:
             self._background.append(
                 asyncio.create_task(self._expire_approvals(), name="expire-approvals")
@@ -190,19 +201,46 @@ class Server:
     # Handlers --------------------------------------------------------------------------
 
     async def slack_events(self, request: web.Request) -> web.Response:
-        """Slack's one request URL: parse, then let Bolt verify the signature and dispatch."""
+        """Slack's one request URL: verify the signature, parse within limits, let Bolt dispatch.
+
+        Nothing of the body is parsed before its signature is checked (a bad one is a 401;
+        a body that is not even UTF-8 is a 400); a signed body that still does not parse, or
+        nests deeper than ``JAMONO_MAX_JSON_DEPTH``, is a 400. Bodies over
+        ``JAMONO_MAX_REQUEST_BODY`` bytes are
+        a 413 (aiohttp's ``client_max_size``).
+        """
+        raw = await request.read()
         try:
-            body = (await request.read()).decode("utf-8")
+            # Slack only sends UTF-8, and slack_sdk verifies text; decoding parses nothing.
+            body = raw.decode("utf-8")
         except UnicodeDecodeError:
+            log.warning("slack_request_malformed", reason="not UTF-8", size=len(raw))
             return _bad_request("body is not UTF-8")
-        if not is_slack_payload(body, request.content_type):
-            return _bad_request("body is neither a Slack JSON event nor a form payload")
+        if not self._signed(body, request.headers):
+            log.warning("slack_request_unsigned", remote=request.remote, size=len(raw))
+            return web.json_response({"error": "invalid request"}, status=401)
+        try:
+            parse_slack_body(body, request.content_type, self.settings.max_json_depth)
+        except ValueError as exc:
+            log.warning("slack_request_malformed", reason=str(exc), size=len(raw))
+            return _bad_request(f"body is not a Slack payload: {exc}")
         if self.services.inflight.draining:
             return web.json_response({"error": "shutting down"}, status=503)
         bolt_request = AsyncBoltRequest(
             body=body, query=request.query_string, headers=dict(request.headers)
         )
         return await to_aiohttp_response(await self.bolt.async_dispatch(bolt_request))
+
+    def _signed(self, body: str, headers) -> bool:
+        """Slack's ``v0`` signature of ``body`` (contracts.md, "Slack: HTTP"): valid and fresh."""
+        try:
+            return self._verifier.is_valid(
+                body,
+                headers.get("X-Slack-Request-Timestamp"),
+                headers.get("X-Slack-Signature"),
+            )
+        except ValueError:  # a timestamp that is not an integer
+            return False
 
     async def oauth(self, request: web.Request) -> web.Response:
         flow = self.bolt.oauth_flow
@@ -253,21 +291,28 @@ class Server:
         return self._auth[1]
 
 
-def is_slack_payload(body: str, content_type: str) -> bool:
-    """JSON object (Events API) or form with ``payload`` JSON, ``command`` or ``ssl_check``."""
-    stripped = body.lstrip()
-    if content_type == "application/json" or stripped.startswith("{"):
-        try:
-            return isinstance(json.loads(body), dict)
-        except json.JSONDecodeError:
-            return False
-    form = parse_qs(body, keep_blank_values=True)
-    if "payload" in form:
-        try:
-            return isinstance(json.loads(form["payload"][0]), dict)
-        except json.JSONDecodeError:
-            return False
-    return "command" in form or "ssl_check" in form
+def parse_slack_body(body: str, content_type: str, max_depth: int) -> dict[str, Any]:
+    """The body as Bolt will read it (``slack_bolt.request.internals.parse_body``), checked.
+
+    JSON when the content type says so or it starts with ``{``; else a form, whose ``payload``
+    field is JSON (interactivity) or which carries ``command`` or ``ssl_check``.
+
+    Raises:
+        ValueError: not such a body, or JSON nested deeper than ``max_depth`` levels.
+    """
+    if content_type == "application/json" or body.startswith("{"):
+        value = json_limits.loads(body, max_depth)
+    else:
+        form = dict(parse_qsl(body, keep_blank_values=True))
+        if "payload" in form:
+            value = json_limits.loads(form["payload"], max_depth)
+        elif "command" in form or "ssl_check" in form:
+            return form
+        else:
+            raise ValueError("neither JSON nor a form with payload, command or ssl_check")
+    if not isinstance(value, dict):
+        raise ValueError("JSON that is not an object")
+    return value
 
 
 def _bad_request(reason: str) -> web.Response:

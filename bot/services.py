@@ -297,6 +297,10 @@ def build_cross_session(settings: Settings, instance_id: str) -> CrossSession | 
         burst=settings.gateway_burst,
         allowed_origins=settings.gateway_origins,
         allow_missing_origin=settings.gateway_allow_missing_origin,
+        register_timeout=settings.gateway_register_timeout,
+        max_json_depth=settings.max_json_depth,
+        max_unauthenticated=settings.gateway_max_unauthenticated,
+        max_unauthenticated_per_address=settings.gateway_max_unauthenticated_per_address,
     )
     return CrossSession.build(
         verifier, issuer, limits, redis_url=settings.redis_url, instance_id=instance_id

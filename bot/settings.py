@@ -227,6 +227,23 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < 16:
             raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 32`)")
         return value
+    # Ingress limits (issue 10, finding 9): untrusted bodies and unauthenticated sockets
+    max_request_body: int = Field(
+        1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        validation_alias=AliasChoices("JAMONO_MAX_REQUEST_BODY"),
+    )  # bytes of one HTTP request body (Slack's payloads are far smaller)
+    max_json_depth: int = Field(
+        64, ge=8, le=256, validation_alias=AliasChoices("JAMONO_MAX_JSON_DEPTH")
+    )  # nesting levels of untrusted JSON (Slack bodies, /ws messages)
+    gateway_register_timeout: float = Field(
+        5.0, gt=0, le=60, validation_alias=AliasChoices("JAMONO_GATEWAY_REGISTER_TIMEOUT")
+    )  # seconds a new /ws socket has to authenticate
+    gateway_max_unauthenticated: int = Field(
+        256, ge=1, validation_alias=AliasChoices("JAMONO_GATEWAY_MAX_UNAUTHENTICATED")
+    )  # /ws sockets not yet authenticated, on this instance
+    gateway_max_unauthenticated_per_address: int = Field(
+        16, ge=1, validation_alias=AliasChoices("JAMONO_GATEWAY_MAX_UNAUTHENTICATED_PER_ADDRESS")
+    )  # the same, per remote address
 
     @field_validator("log_level", mode="before")
     @classmethod

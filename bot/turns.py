@@ -122,6 +122,7 @@ class SlackTurns:
         self.services.inflight.spawn(
             self._answer(request, client, message_ts, reply_thread),
             name=f"turn:{request.tenant.id}:{request.channel_id}:{message_ts}",
+            tenant=request.tenant.id,
         )
 
     async def _conversation_key(self, message: IncomingMessage) -> str:

@@ -52,7 +52,7 @@ def test_scopes_match_the_oauth_install(manifest):
 def test_events_commands_and_modes(manifest):
     settings = manifest["settings"]
     assert set(settings["event_subscriptions"]["bot_events"]) == {
-        "app_mention", "message.im", "app_home_opened"
+        "app_mention", "message.im", "app_home_opened", "app_uninstalled", "tokens_revoked"
     }
     assert settings["socket_mode_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True

@@ -10,7 +10,7 @@ from agents.tools.clock import TOOL as GET_TIME
 from agents.tools.registry import Tool, ToolContext, ToolError, ToolRegistry
 from bot.commands.config import CHANNEL, ConfigError, _channel, _temperature, _timezone
 from bot.render import MAX_BLOCKS, SECTION_LIMIT, answer, split_text
-from bot.server import is_slack_payload
+from bot.server import parse_slack_body
 from bot.settings import SettingsError, load_settings
 from bot.slack_client import oauth_authorize_url
 from storage.repositories.config import Override, WorkspaceConfig
@@ -124,10 +124,16 @@ def test_oauth_authorize_url_follows_the_api_host():
         ("payload=%7Bbroken", "application/x-www-form-urlencoded", False),
         ("ssl_check=1&token=x", "application/x-www-form-urlencoded", True),
         ("", "application/json", False),
+        ('{"a":' * 65 + "1" + "}" * 65, "application/json", False),
+        ("payload=" + "%5B" * 5000, "application/x-www-form-urlencoded", False),
     ],
 )
-def test_is_slack_payload(body, content_type, ok):
-    assert is_slack_payload(body, content_type) is ok
+def test_parse_slack_body(body, content_type, ok):
+    if ok:
+        assert isinstance(parse_slack_body(body, content_type, 64), dict)
+    else:
+        with pytest.raises(ValueError):
+            parse_slack_body(body, content_type, 64)
 
 
 def stored(turn: int, role: str, content: str, tokens: int, **extra) -> StoredMessage:

@@ -7,12 +7,14 @@ import re
 from slack_bolt.async_app import AsyncApp
 
 from bot.commands import CommandRouter
+from bot.lifecycle import TenantLifecycle
 from bot.listeners import (
     actions,
     briefings,
     commands,
     direct_messages,
     home,
+    lifecycle,
     mentions,
     views,
 )
@@ -30,6 +32,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     actions.register(app, services.approvals, services.inflight)
     actions.register_circuit_reset(app, services.connections.resilience, services.repos.events)
     views.register(app, services)
+    lifecycle.register(app, TenantLifecycle(services))
 
     # Slack counts a non-2xx answer as a failed delivery and retries it; Bolt answers 404 when
     # no listener matches. Events we subscribe to but do not act on are acked here instead.

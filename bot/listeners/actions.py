@@ -43,7 +43,11 @@ def register(app: AsyncApp, desk: ApprovalDesk, inflight: InFlight) -> None:
         await ack()
         click = click_of(body, action, context)
         try:
-            inflight.spawn(desk.click(click, client), name=f"approval:{click.request_id}")
+            inflight.spawn(
+                desk.click(click, client),
+                name=f"approval:{click.request_id}",
+                tenant=click.tenant.id,
+            )
         except ShuttingDown:
             try:
                 await client.chat_postEphemeral(

@@ -46,7 +46,11 @@ def register(app: AsyncApp, router: CommandRouter, services: Services) -> None:
             slack=client,
         )
         try:
-            services.inflight.spawn(answer(router, request, respond), name=command["command"])
+            services.inflight.spawn(
+                answer(router, request, respond),
+                name=command["command"],
+                tenant=request.tenant.id,
+            )
         except ShuttingDown:
             await respond(
                 text="I am restarting right now; please try again in a minute.",

@@ -2,8 +2,10 @@
 
 The first message must be ``session.register`` with a valid token, within
 ``register_timeout`` seconds; otherwise the client gets JSON-RPC error -32001 and close code
-4401. The session's owner comes only from the verified token. The socket is closed with 4401
-at the token's ``exp`` unless ``session.refresh`` brought a newer token for the same owner.
+4401. Sockets that have not authenticated yet are capped per remote address and overall: over
+either cap the upgrade is refused with HTTP 503 before any message is read. The session's
+owner comes only from the verified token. The socket is closed with 4401 at the token's
+``exp`` unless ``session.refresh`` brought a newer token for the same owner.
 """
 
 from __future__ import annotations
@@ -31,16 +33,21 @@ log = structlog.get_logger(__name__)
 class GatewayLimits:
     """Per-connection limits. Seconds for times, bytes for sizes, messages per second for
     ``rate``; ``burst`` messages may arrive at once. An empty ``allowed_origins`` refuses
-    every browser ``Origin``."""
+    every browser ``Origin``. ``max_json_depth`` bounds the nesting of every message;
+    ``max_unauthenticated`` (overall) and ``max_unauthenticated_per_address`` bound the sockets
+    still waiting for ``session.register``."""
 
     max_message: int = 64 * 1024
     heartbeat: float = 5.0
-    register_timeout: float = 10.0
+    register_timeout: float = 5.0
     max_sessions_per_user: int = 20
     rate: float = 20.0
     burst: int = 40
     allowed_origins: frozenset[str] = frozenset()
     allow_missing_origin: bool = True
+    max_json_depth: int = 64
+    max_unauthenticated: int = 256
+    max_unauthenticated_per_address: int = 16
 
 
 @dataclass
@@ -83,9 +90,11 @@ class _Closed(Exception):
 class Connection:
     """One socket: registration, the client's requests, and our ``tools/call`` requests."""
 
-    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse) -> None:
+    def __init__(self, gateway: Gateway, ws: web.WebSocketResponse, address: str) -> None:
         self.gateway = gateway
         self.ws = ws
+        self.address = address
+        self.waiting = True  # counted against the unauthenticated caps until it registers
         self.session: LiveSession | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -182,7 +191,7 @@ class Connection:
                 raise _Closed
             gateway.stats.messages += 1
             try:
-                request = rpc.parse(message.data)
+                request = rpc.parse(message.data, gateway.limits.max_json_depth)
             except ProtocolError as exc:
                 await self._refuse(None, f"the first message must be session.register ({exc})")
             if request.get("method") != rpc.REGISTER or "id" not in request:
@@ -216,6 +225,7 @@ class Connection:
             self,
         )
         self.session = session  # set first: a connection lost while admitting cleans it up
+        gateway.stop_waiting(self)
         if not await gateway.router.admit(session, limit):
             self.session = None
             gateway.stats.refusals["too_many_sessions"] += 1
@@ -242,6 +252,7 @@ class Connection:
         self._closing = asyncio.create_task(self.close(rpc.CLOSE_AUTH, "token expired"))
 
     async def _cleanup(self) -> None:
+        self.gateway.stop_waiting(self)  # registered or gone: no longer waiting
         if self._expiry is not None:
             self._expiry.cancel()
         for future in self._pending.values():
@@ -257,7 +268,7 @@ class Connection:
 
     async def _on_text(self, text: str) -> None:
         try:
-            message = rpc.parse(text)
+            message = rpc.parse(text, self.gateway.limits.max_json_depth)
         except ProtocolError as exc:
             message, problem = None, exc
         # Answers to our own tools/call are bounded by our calls; everything else is metered.
@@ -339,6 +350,45 @@ class Gateway:
         self.limits = limits
         self._connections: set[Connection] = set()
         self.stats = GatewayStats()
+        self._waiting: Counter[str] = Counter()  # unauthenticated sockets per remote address
+
+    @property
+    def unauthenticated(self) -> int:
+        """Sockets on this instance that have not authenticated yet."""
+        return self._waiting.total()
+
+    def stop_waiting(self, connection: Connection) -> None:
+        """``connection`` registered or closed: it no longer counts against the
+        unauthenticated caps (idempotent)."""
+        if not connection.waiting:
+            return
+        connection.waiting = False
+        self._waiting[connection.address] -= 1
+        if self._waiting[connection.address] <= 0:
+            del self._waiting[connection.address]
+
+    def _refusal(self, address: str) -> str | None:
+        limits = self.limits
+        if self._waiting[address] >= limits.max_unauthenticated_per_address:
+            return (f"at most {limits.max_unauthenticated_per_address} unauthenticated "
+                    "sockets per address")
+        if self.unauthenticated >= limits.max_unauthenticated:
+            return f"at most {limits.max_unauthenticated} unauthenticated sockets"
+        return None
+
+    async def close_tenant(self, tenant_id: str) -> int:
+        """Close this instance's sessions of ``tenant_id`` (the app was uninstalled there);
+        returns how many. Their tokens stay valid until ``exp``, but a session of a tenant
+        without an installation is never offered to a turn."""
+        closing = [
+            c for c in self._connections
+            if c.session is not None and c.session.owner.team_id == tenant_id
+        ]
+        await asyncio.gather(
+            *(c.close(rpc.CLOSE_AUTH, "the app was uninstalled") for c in closing),
+            return_exceptions=True,
+        )
+        return len(closing)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         origin = request.headers.get("Origin")
@@ -349,15 +399,29 @@ class Gateway:
             log.info("xs_origin_refused", origin=origin)
             self.stats.refusals["origin"] += 1
             return web.json_response({"error": f"origin {origin} is not allowed"}, status=403)
+        address = request.remote or "unknown"
+        refusal = self._refusal(address)
+        if refusal is not None:
+            log.warning("xs_unauthenticated_refused", remote=address, reason=refusal,
+                        waiting=self.unauthenticated)
+            return web.json_response(
+                {"error": f"{refusal}; retry later"}, status=503, headers={"Retry-After": "5"}
+            )
         ws = web.WebSocketResponse(
             heartbeat=self.limits.heartbeat,
             max_msg_size=self.limits.max_message,
             compress=False,
             autoping=True,
         )
-        await ws.prepare(request)
-        connection = Connection(self, ws)
+        connection = Connection(self, ws, address)
+        self._waiting[address] += 1  # counted before the upgrade's first await
         self._connections.add(connection)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            self._connections.discard(connection)
+            self.stop_waiting(connection)
+            raise
         try:
             await connection.serve()
         finally:

@@ -15,6 +15,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from integrations import json_limits
 from integrations.errors import IntegrationError
 
 JSONRPC = "2.0"
@@ -94,16 +95,17 @@ def error(id_: int | str | None, code: int, message: str, data: Any = None) -> s
     return json.dumps({"jsonrpc": JSONRPC, "id": id_, "error": body})
 
 
-def parse(text: str) -> dict[str, Any]:
+def parse(text: str, max_depth: int = json_limits.DEFAULT_MAX_DEPTH) -> dict[str, Any]:
     """One JSON-RPC 2.0 request, notification or response object.
 
     Raises:
-        ProtocolError: -32700 when ``text`` is not JSON, -32600 when it is not a JSON-RPC 2.0
-            object (batches are not part of protocol v1).
+        ProtocolError: -32700 when ``text`` is not JSON or nests deeper than ``max_depth``
+            levels, -32600 when it is not a JSON-RPC 2.0 object (batches are not part of
+            protocol v1).
     """
     try:
-        message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        message = json_limits.loads(text, max_depth)
+    except json_limits.JSONLimitError as exc:
         raise ProtocolError(PARSE_ERROR, f"parse error: {exc}") from None
     if not isinstance(message, dict) or message.get("jsonrpc") != JSONRPC:
         raise ProtocolError(INVALID_REQUEST, 'expected a JSON-RPC 2.0 object ("jsonrpc":"2.0")')

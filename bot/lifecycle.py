@@ -1,0 +1,153 @@
+"""A workspace leaves: ``app_uninstalled`` and ``tokens_revoked`` stop everything for it at once.
+
+Slack sends ``app_uninstalled`` when the app is removed from a workspace (or an org) and
+``tokens_revoked`` when tokens are revoked (https://api.slack.com/events/app_uninstalled,
+https://api.slack.com/events/tokens_revoked). After either, the bot token no longer works; we
+stop spending on the workspace's behalf and forget its tokens:
+
+1. its turns in flight are cancelled (no more LLM calls for them): on this process at once, on
+   the other replicas when they hear of it on Redis (:meth:`TenantLifecycle.listen`);
+2. its tokens are deleted through slack_sdk's installation store API;
+3. its briefings are paused (``paused_reason`` ``app_uninstalled``), so no run starts and no
+   LLM call is made for them; the scheduler drops their jobs at once on this process, and a
+   replica's leader at its next sync (a run it fires before that finds them paused);
+4. its pending approval requests expire and its integration credentials are deleted;
+5. its cross-session sessions are closed (on every replica, as in 1).
+
+Conversations, audit and other rows stay until an operator runs ``jamono tenant erase``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from contextlib import suppress
+
+import structlog
+from redis.exceptions import RedisError
+from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
+
+from bot.services import Services
+from storage.db import session_factory
+from storage.repositories.tenant_data import TenantDataRepository
+from storage.tenancy import Tenant
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "jamono:tenants:uninstalled"  # Redis pub/sub: {"tenant": id, "from": PROCESS}
+PROCESS = secrets.token_hex(8)  # tells this process's own announcements apart
+RESUBSCRIBE_DELAY = 2.0  # seconds before listening again after Redis failed
+
+
+class TenantLifecycle:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.data = TenantDataRepository(session_factory(services.engine))
+
+    async def uninstalled(self, tenant: Tenant, store: AsyncInstallationStore | None) -> None:
+        """Stop everything for ``tenant`` and delete all its installations and bot tokens.
+
+        ``store`` is the Bolt app's installation store (``None`` with a single-workspace
+        ``SLACK_BOT_TOKEN``, which the operator revokes).
+        """
+        cancelled = self.services.inflight.cancel_tenant(tenant.id)
+        await self._announce(tenant.id)
+        if store is not None:
+            await store.async_delete_all(**_installation_key(tenant))
+        suspended = await self.data.suspend(tenant)
+        closed = await self._stop_here(tenant.id)
+        log.warning(
+            "tenant_uninstalled",
+            tenant=tenant.id,
+            turns_cancelled=cancelled,
+            briefings_paused=suspended.briefings_paused,
+            approvals_expired=suspended.approvals_expired,
+            credentials_deleted=suspended.credentials_deleted,
+            sessions_closed=closed,
+        )
+
+    async def listen(self) -> None:
+        """Run for the life of the process when Redis is configured: stop here the turns and
+        sessions of a tenant uninstalled through another replica. Reconnects after Redis
+        failures; a tenant announced while this process was not listening still has no
+        token, credentials or running briefings."""
+        redis = self.services.redis
+        while True:
+            pubsub = redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CHANNEL)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        await self._heard(message["data"])
+            except (RedisError, OSError) as exc:
+                log.warning("tenant_listener_lost", error=repr(exc))
+            finally:
+                with suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(RESUBSCRIBE_DELAY)
+
+    async def _heard(self, data: bytes | str) -> None:
+        try:
+            announcement = json.loads(data)
+            tenant_id, origin = str(announcement["tenant"]), announcement["from"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("tenant_announcement_malformed")
+            return
+        if origin == PROCESS:
+            return
+        cancelled = self.services.inflight.cancel_tenant(tenant_id)
+        closed = await self._stop_here(tenant_id)
+        log.warning(
+            "tenant_stopped_here", tenant=tenant_id, turns_cancelled=cancelled,
+            sessions_closed=closed,
+        )
+
+    async def _announce(self, tenant_id: str) -> None:
+        if self.services.redis is None:
+            return
+        try:
+            await self.services.redis.publish(
+                CHANNEL, json.dumps({"tenant": tenant_id, "from": PROCESS})
+            )
+        except (RedisError, OSError) as exc:  # the rest of the uninstall must still happen
+            log.warning("tenant_announcement_failed", tenant=tenant_id, error=repr(exc))
+
+    async def _stop_here(self, tenant_id: str) -> int:
+        """Drop the tenant's briefing jobs (if this process schedules) and close its
+        cross-session sessions here; returns how many sessions were closed."""
+        if self.services.scheduler is not None:
+            self.services.scheduler.sync_soon()
+        if self.services.cross_session is None:
+            return 0
+        return await self.services.cross_session.gateway.close_tenant(tenant_id)
+
+    async def tokens_revoked(
+        self,
+        tenant: Tenant,
+        store: AsyncInstallationStore | None,
+        *,
+        user_ids: list[str],
+        bot: bool,
+    ) -> None:
+        """``tokens_revoked``: with the bot token among them, as :meth:`uninstalled` (every
+        installation row of the workspace carries the bot token too, so all are deleted);
+        with user tokens only, delete those users' installations and nothing else."""
+        if bot:
+            await self.uninstalled(tenant, store)
+            return
+        if store is not None:
+            for user_id in user_ids:
+                await store.async_delete_installation(
+                    **_installation_key(tenant), user_id=user_id
+                )
+        log.info("user_tokens_revoked", tenant=tenant.id, users=len(user_ids))
+
+
+def _installation_key(tenant: Tenant) -> dict[str, str | None]:
+    """How slack_sdk's store keys an installation: an org-wide install has no ``team_id``."""
+    return {
+        "enterprise_id": tenant.enterprise_id,
+        "team_id": None if tenant.is_enterprise_install else tenant.team_id,
+    }
