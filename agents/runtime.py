@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import secrets
 import socket
@@ -23,6 +22,8 @@ from agents.memory import estimate_tokens, fit_history
 from agents.personas import Persona
 from agents.policy import ActionGate, ApprovalNotifier
 from agents.tools.registry import ToolContext, ToolRegistry, invoke
+from integrations import json_limits
+from integrations.json_limits import JSONLimitError
 from storage.repositories import Repositories
 from storage.repositories.approvals import DEFAULT_TTL
 from storage.repositories.conversations import LLMCallUsage
@@ -309,10 +310,10 @@ class AgentRuntime:
             status, content = "unknown_tool", f"error: there is no tool named {call.name!r}"
         else:
             try:
-                parsed = json.loads(call.arguments or "{}")
-            except json.JSONDecodeError as exc:
+                parsed = json_limits.loads(call.arguments or "{}")
+            except JSONLimitError as exc:  # the model's text is untrusted: depth is bounded
                 parsed, status = None, "invalid_arguments"
-                content = f"error: arguments are not valid JSON ({exc.msg}); send a JSON object"
+                content = f"error: arguments are not valid JSON ({exc}); send a JSON object"
             if parsed is not None:
                 problems = tool.argument_errors(parsed)
                 if problems:
@@ -366,7 +367,7 @@ def _over_tool_limit(allowed: int) -> str:
 def _raw_arguments(raw: str) -> dict[str, Any]:
     """What the model sent when it was not a valid object, kept verbatim for the audit."""
     try:
-        value = json.loads(raw or "{}")
-    except json.JSONDecodeError:
+        value = json_limits.loads(raw or "{}")
+    except JSONLimitError:
         return {"_raw": raw[:SUMMARY_LIMIT]}
     return value if isinstance(value, dict) else {"_raw": value}

@@ -101,6 +101,9 @@ async def test_several_calls_in_one_step(services, llm):
         (ToolCall("get_time", {"zone": "UTC"}), "invalid_arguments", "Additional properties"),
         (ToolCall("get_time", {"timezone": "Mars/Base"}), "error", "unknown timezone"),
         (ToolCall("drop_database", {}), "unknown_tool", "no tool named 'drop_database'"),
+        (ToolCall("get_time", '{"timezone": '), "invalid_arguments", "not valid JSON"),
+        # A prompt-injected reply nesting thousands of levels: RecursionError in json.loads.
+        (ToolCall("get_time", "[" * 5000 + "]" * 5000), "invalid_arguments", "nested deeper"),
     ],
 )
 async def test_bad_tool_calls_go_back_to_the_model(services, llm, call, status, told):

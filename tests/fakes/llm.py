@@ -24,7 +24,7 @@ from aiohttp import web
 @dataclass(frozen=True)
 class ToolCall:
     name: str
-    arguments: dict[str, Any]
+    arguments: dict[str, Any] | str  # a string is sent verbatim (a model's malformed JSON)
 
 
 Reply = str | list[ToolCall]
@@ -131,7 +131,7 @@ class FakeLLM:
         else:
             message = {"role": "assistant", "content": None, "tool_calls": [
                 {"id": f"call_{next(self._ids)}", "type": "function",
-                 "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                 "function": {"name": c.name, "arguments": _arguments(c)}}
                 for c in reply
             ]}
             finish, completion_tokens = "tool_calls", 10 * len(reply)
@@ -149,3 +149,7 @@ def _error(status: int, message: str, code: str) -> web.Response:
     return web.json_response(
         {"error": {"message": message, "type": code, "param": None, "code": code}}, status=status
     )
+
+
+def _arguments(call: ToolCall) -> str:
+    return call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments)
