@@ -261,7 +261,13 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     tenant = _tenant(args)
 
     async def main() -> None:
+        from bot.briefings.clients import NotInstalled
+
         async with _services(settings) as services:
+            try:  # the workspace's client looks channel names up; without it, ids only
+                slack = await services.briefings.clients.for_tenant(tenant)
+            except NotInstalled:
+                slack = None
             reply = await CommandRouter(services).handle(
                 CommandRequest(
                     tenant=tenant,
@@ -270,6 +276,7 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
                     user_id="cli",
                     channel_id="",
                     is_admin=_always,
+                    slack=slack,
                 )
             )
             print(reply.text)
