@@ -414,3 +414,34 @@ async def test_requests_open_before_the_upgrade_learn_their_enterprise_id(databa
         "r1": Tenant(None, enterprise_id="E0ORG", is_enterprise_install=True),
         "r2": Tenant("T0PLAIN"),
     }
+
+
+async def test_a_briefing_cannot_ping_its_channel_through_a_pending_request_or_a_prompt(
+    sqlite_url, llm, slack
+):
+    """A request's target and the persona's prompt answer come from the model: the daily
+    briefing shows them without <!channel> reaching the channel."""
+    services = await _start(
+        sqlite_url, llm, slack, SLACK_BOT_TOKEN=ACME_TOKEN, SLACK_SIGNING_SECRET=SIGNING_SECRET
+    )
+    try:
+        fire = T0
+        await services.repos.approvals.create(
+            ACME, persona="nox", requested_by=ALICE, channel_id=OPS, thread_ts="100.1",
+            tool="jira_create_issue", arguments={"project": "<!channel>"}, risk="write",
+            target="Jira project <!channel>", ttl=timedelta(hours=1), now=fire,
+        )
+        llm.script = lambda request: "<!here> all quiet, see <https://status.test|status>"
+        briefing = await services.repos.briefings.create(
+            ACME, channel_id=OPS, persona="nox", schedule="weekdays 09:00",
+            timezone="Europe/Paris", sections=[{"kind": "approvals"},
+                                               {"kind": "prompt", "prompt": "Anything new?"}],
+            created_by=ALICE,
+        )
+        await services.briefings.run_scheduled(briefing.id, fire, now=fire)
+    finally:
+        await services.close()
+    (posted,) = [c for c in slack.calls_to("chat.postMessage") if c.params.get("blocks")]
+    shown = json.dumps(posted.blocks) + posted.params["text"]
+    assert "<!channel>" not in shown and "<!here>" not in shown
+    assert "Jira project &lt;!channel&gt;" in shown and "<https://status.test|status>" in shown

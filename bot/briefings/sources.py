@@ -9,7 +9,9 @@ from zoneinfo import ZoneInfo
 
 from agents.connections import Connections, NotConnected, explain
 from agents.runtime import AgentRuntime, TurnRequest
+from bot.approvals import target_text
 from bot.briefings.sections import BriefingContext, SectionContent, SectionSpec, SourceUnavailable
+from bot.render import escape, safe_mrkdwn
 from integrations.errors import IntegrationError
 from storage.repositories import Repositories
 
@@ -30,8 +32,8 @@ class ApprovalsSource:
             context.briefing.tenant, context.scheduled_for
         )
         lines = [
-            f"`{request.tool}` on {request.target} — asked by <@{request.requested_by}>, "
-            f"expires {request.expires_at:%Y-%m-%d %H:%M} UTC"
+            f"`{escape(request.tool)}` on {target_text(request)} — asked by "
+            f"<@{request.requested_by}>, expires {request.expires_at:%Y-%m-%d %H:%M} UTC"
             for request in pending
         ]
         return SectionContent(spec.title, lines, empty="no approvals waiting")
@@ -87,7 +89,7 @@ class PromptSource:
             raise SourceUnavailable(
                 f"{context.persona.display_name} could not answer ({outcome.status})"
             )
-        return SectionContent(spec.title, text=outcome.text)
+        return SectionContent(spec.title, text=safe_mrkdwn(outcome.text))
 
 
 class JiraSource:
