@@ -261,12 +261,17 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
     tenant = _tenant(args)
 
     async def main() -> None:
+        from slack_sdk.errors import SlackApiError, SlackTokenRotationError
+
         from bot.briefings.clients import NotInstalled
 
         async with _services(settings) as services:
             try:  # the workspace's client looks channel names up; without it, ids only
                 slack = await services.briefings.clients.for_tenant(tenant)
             except NotInstalled:
+                slack = None
+            except (SlackApiError, SlackTokenRotationError) as exc:
+                print(f"Slack is unreachable ({exc}); channels by id only.", file=sys.stderr)
                 slack = None
             reply = await CommandRouter(services).handle(
                 CommandRequest(

@@ -31,6 +31,7 @@ from storage.tenancy import Tenant
 from tests.e2e import ACME_TOKEN, ALICE, BOB, BOT, SIGNING_SECRET
 from tests.fakes import ToolCall
 from tests.test_approvals_units import approval
+from tests.test_cli import jamono
 
 ACME = Tenant("T0ACME")
 PROD, OPS, SECRET = "C0PROD123", "C0OPS1234", "G0SECRET1"
@@ -445,3 +446,21 @@ async def test_a_briefing_cannot_ping_its_channel_through_a_pending_request_or_a
     shown = json.dumps(posted.blocks) + posted.params["text"]
     assert "<!channel>" not in shown and "<!here>" not in shown
     assert "Jira project &lt;!channel&gt;" in shown and "<https://status.test|status>" in shown
+
+
+async def test_jamono_config_resolves_names_with_the_workspace_token(slack, tmp_path):
+    """The operator's CLI stores #prod by its id too, looked up with the installation."""
+    slack.set_channel(PROD, name="prod")
+    env = {"SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+           "SLACK_API_URL": slack.api_url}
+    code, _, _ = await jamono("db", "upgrade", env=env, cwd=tmp_path)
+    assert code == 0
+    code, out, _ = await jamono(
+        "config", "--team", "T0ACME", "noautoapprove", "slack_post_message", "#prod",
+        env=env, cwd=tmp_path,
+    )
+    assert code == 0 and f"needs approval in <#{PROD}>" in out, out
+    code, out, _ = await jamono(
+        "config", "--team", "T0ACME", "zone", "U0BOB1234", env=env, cwd=tmp_path
+    )
+    assert "is a person, not a channel" in out

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agents import channels, personas
 from agents.personas import Persona
 from bot.commands.base import Invocation
-from bot.render import Reply, section
+from bot.render import Reply, escape, section
 from storage.repositories.policy import ANY_CHANNEL, ActionPolicy
 
 USAGE = (
@@ -220,7 +220,9 @@ async def _channel(invocation: Invocation, value: str) -> str | None:
     try:
         return await channels.resolve(invocation.request.slack, value)
     except channels.ChannelError as exc:
-        raise ConfigError(f"{exc} Name a channel as #channel, its name or its id.") from None
+        # The message quotes the admin's words: shown literally, never as a mention.
+        told = escape(str(exc))
+        raise ConfigError(f"{told} Name a channel as #channel, its name or its id.") from None
 
 
 async def _channel_here(invocation: Invocation, value: str) -> str:
