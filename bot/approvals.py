@@ -1,11 +1,13 @@
 """Approval requests in Slack: the message with Approve/Reject buttons and what a click does.
 
 The message (Block Kit, contracts.md "Slack: limits") shows the persona, the tool, its target
-and every argument, with buttons whose ``value`` is the request id. A click
-(``block_actions``) is decided by :class:`ApprovalDesk`: only the requester or a workspace
-admin (per the workspace policy) may decide; the database's guarded transitions make exactly
-one click win and exactly one caller run the action, whatever the number of clicks, approvers,
-Slack retries, replicas or restarts.
+and every argument, with buttons whose ``value`` is the request id; user and model text on
+it is escaped (only channel links, and the requester's mention, render). A click
+(``block_actions``) is decided by :class:`ApprovalDesk`: a workspace admin, or the requester
+when the write stays where they are (the workspace policy, see
+storage.repositories.policy); the database's guarded transitions make exactly one click win
+and exactly one caller run the action, before the request's expiry, whatever the number of
+clicks, approvers, Slack retries, replicas or restarts.
 """
 
 from __future__ import annotations

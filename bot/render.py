@@ -3,9 +3,10 @@
 Limits (contracts.md, "Slack: limits"): 50 blocks per message, section text 3,000
 characters, message text 40,000.
 
-Text from people, tools and the model goes into mrkdwn only through :func:`escape` (shown
-literally) or :func:`safe_mrkdwn` (formatting and links kept, no ``<!channel>``-style
-broadcasts): Slack turns ``<…>`` sequences into mentions and links
+Text from people, tools and the model goes into mrkdwn through :func:`escape` (shown
+literally), :func:`safe_mrkdwn` (only links, channels and mentions kept) or, for the persona's
+own words, :func:`no_broadcasts` (as written, minus ``<!channel>``-style special mentions):
+Slack turns ``<…>`` sequences into mentions and links
 (https://api.slack.com/reference/surfaces/formatting#escaping).
 """
 
@@ -27,6 +28,7 @@ _LINK = re.compile(r"^(?:https?://|mailto:)[^\s|]+(?:\|.*)?$")
 _CHANNEL = re.compile(r"^#[CGD][A-Z0-9]+(?:\|.*)?$")
 _USER = re.compile(r"^@[UW][A-Z0-9]+(?:\|.*)?$")
 _ENTITY = re.compile(r"&(?!(?:amp|lt|gt);)")
+_SPECIAL = re.compile(r"<![^<>]*>")  # <!here>, <!channel>, <!everyone>, <!subteam^…>, <!date…>
 
 
 def escape(text: str) -> str:
@@ -34,21 +36,27 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def safe_mrkdwn(text: str, *, mentions: bool = True) -> str:
-    """``text`` (mrkdwn from the model or a tool) with its links and channel references kept,
-    user mentions kept when ``mentions``, and every other ``<…>`` sequence (``<!channel>``,
-    ``<!here>``, ``<!subteam^…>``, stray angle brackets) shown literally. Entities already
-    written (``&amp;``) are left as they are."""
+def safe_mrkdwn(text: str) -> str:
+    """``text`` (mrkdwn from a tool) with its links, channel references and user mentions
+    kept, and every other ``<…>`` sequence (``<!channel>``, ``<!here>``, ``<!subteam^…>``,
+    stray angle brackets) shown literally. Entities already written (``&amp;``) stay."""
     pieces: list[str] = []
     last = 0
     for match in _SEQUENCE.finditer(text):
         pieces.append(_outside(text[last : match.start()]))
         inner = match[1]
-        kept = _LINK.match(inner) or _CHANNEL.match(inner) or (mentions and _USER.match(inner))
+        kept = _LINK.match(inner) or _CHANNEL.match(inner) or _USER.match(inner)
         pieces.append(match[0] if kept else escape(match[0]))
         last = match.end()
     pieces.append(_outside(text[last:]))
     return "".join(pieces)
+
+
+def no_broadcasts(text: str) -> str:
+    """The persona's mrkdwn as written, except Slack's special mentions (``<!here>``,
+    ``<!channel>``, ``<!everyone>``, user groups), shown as text: a ticket or a document the
+    model repeats cannot make Jamono notify a whole channel."""
+    return _SPECIAL.sub(lambda match: escape(match[0]), text)
 
 
 def _outside(text: str) -> str:
@@ -103,10 +111,10 @@ def split_text(text: str, limit: int = SECTION_LIMIT) -> list[str]:
 def answer(outcome: TurnOutcome) -> Reply:
     """The persona's answer, followed by a line naming the tools it ran (audit by default).
 
-    The answer is the model's mrkdwn (it may repeat what a ticket or a document said): its
-    links, channels and mentions stay, broadcasts such as ``<!channel>`` are shown as text.
+    The answer is the model's mrkdwn (it may repeat what a ticket or a document said): shown
+    as written, except broadcasts such as ``<!channel>``, shown as text.
     """
-    text = safe_mrkdwn(outcome.text)
+    text = no_broadcasts(outcome.text)
     blocks = [section(piece) for piece in split_text(text)]
     if outcome.tool_runs:
         blocks = blocks[: MAX_BLOCKS - 1]

@@ -464,3 +464,21 @@ async def test_jamono_config_resolves_names_with_the_workspace_token(slack, tmp_
         "config", "--team", "T0ACME", "zone", "U0BOB1234", env=env, cwd=tmp_path
     )
     assert "is a person, not a channel" in out
+
+
+async def test_an_incident_summary_cannot_broadcast_as_the_bot(services, slack, client):
+    """/nox-incident posts the summary as the bot: @channel typed there (sent escaped as
+    <!channel>) must not let any member notify the whole channel through NOX."""
+
+    async def member() -> bool:
+        return False
+
+    await CommandRouter(services).handle(CommandRequest(
+        ACME, "/nox-incident", f"<!channel> payments down, <@{BOB}> on it", ALICE, OPS,
+        member, slack=client,
+    ))
+    (opening, *_) = slack.calls_to("chat.postMessage")
+    assert "<!channel>" not in opening.params["text"]
+    assert "&lt;!channel&gt; payments down" in opening.params["text"]
+    assert f"<@{BOB}> on it" in opening.params["text"]  # people stay mentioned
+    await services.inflight.drain(10)

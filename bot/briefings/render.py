@@ -15,7 +15,7 @@ from bot.render import (
     Reply,
     context,
     header,
-    safe_mrkdwn,
+    no_broadcasts,
     section,
     split_text,
 )
@@ -32,7 +32,7 @@ def render_briefing(
     ``text`` (the notification fallback) repeats the content in plain mrkdwn.
     """
     blocks: list[dict[str, Any]] = [header(title)]
-    opening = safe_mrkdwn(opening) if opening else None  # the model's words: no broadcasts
+    opening = no_broadcasts(opening) if opening else None  # the model's words: no broadcasts
     if opening:
         blocks.append(section(opening))
     # Leave room for the footer, and for a note when sections do not fit.

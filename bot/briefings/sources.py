@@ -11,7 +11,7 @@ from agents.connections import Connections, NotConnected, explain
 from agents.runtime import AgentRuntime, TurnRequest
 from bot.approvals import target_text
 from bot.briefings.sections import BriefingContext, SectionContent, SectionSpec, SourceUnavailable
-from bot.render import escape, safe_mrkdwn
+from bot.render import escape, no_broadcasts
 from integrations.errors import IntegrationError
 from storage.repositories import Repositories
 
@@ -89,7 +89,7 @@ class PromptSource:
             raise SourceUnavailable(
                 f"{context.persona.display_name} could not answer ({outcome.status})"
             )
-        return SectionContent(spec.title, text=safe_mrkdwn(outcome.text))
+        return SectionContent(spec.title, text=no_broadcasts(outcome.text))
 
 
 class JiraSource:
