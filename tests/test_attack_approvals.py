@@ -14,6 +14,7 @@ from slack_sdk.oauth.installation_store import Installation
 from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from sqlalchemy import text
 
+from agents import channels
 from agents.personas import NOX
 from agents.runtime import TurnOutcome, TurnRequest
 from bot.approvals import ApprovalDesk, Click, outcome_text, request_blocks
@@ -482,3 +483,17 @@ async def test_an_incident_summary_cannot_broadcast_as_the_bot(services, slack, 
     assert "&lt;!channel&gt; payments down" in opening.params["text"]
     assert f"<@{BOB}> on it" in opening.params["text"]  # people stay mentioned
     await services.inflight.drain(10)
+
+
+async def test_names_and_members_are_found_past_the_first_page(slack, client):
+    """A big workspace: #prod is on conversations.list's second page and Bob is the 300th
+    member of a channel; both are found through Slack's cursors, not missed."""
+    for number in range(250):
+        slack.set_channel(f"C0A{number:05d}", name=f"team-{number:03d}")
+    slack.set_channel("C0Z000001", name="prod")
+    crowd = [f"U0M{number:05d}" for number in range(299)] + [BOB]
+    slack.set_channel("C0Z000002", name="crowd", members=crowd)
+    assert await channels.resolve(client, "#prod") == "C0Z000001"
+    assert await channels.is_member(client, "C0Z000002", BOB)
+    assert not await channels.is_member(client, "C0Z000002", CAROL)
+    assert len(slack.calls_to("conversations.list")) == 2
