@@ -11,7 +11,12 @@ Before a tool runs, :meth:`ActionGate.screen` applies the workspace's
 * read tools and auto-approved write tools run at once.
 
 When someone approves, :meth:`ActionGate.execute` runs the stored call, at most once: only the
-caller that wins the guarded ``approved → executing`` transition runs the handler.
+caller that wins the guarded ``approved → executing`` transition runs the handler, and only
+before the request's expiry.
+
+Where a call writes is a canonical conversation id (:mod:`agents.channels`): a tool naming its
+target channel any other way (``#prod``, a person) is refused before the policy is applied, so a
+rule for ``C0PROD`` cannot be sidestepped by writing the channel differently.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from agents import personas
+from agents import channels, personas
 from agents.memory import estimate_tokens
 from agents.tools.registry import Tool, ToolContext, ToolRegistry, invoke
 from storage.repositories import Repositories
@@ -96,6 +101,11 @@ def outcome_note(approval: Approval, state: str, result: str | None = None) -> s
     match state:
         case "rejected":
             return f"Approval update: {decided} rejected {action}. It was not done."
+        case "expired" if approval.decided_by:
+            return (
+                f"Approval update: {decided} approved {action}, but it expired before it "
+                "started. It was not done."
+            )
         case "expired":
             return f"Approval update: {action} expired without a decision. It was not done."
         case "executed":
@@ -153,8 +163,13 @@ class ActionGate:
         """
         risk = await tool.risk_of(context, arguments)
         persona = context.persona
+        elsewhere = None
+        if tool.acts_in is not None:
+            written = tool.acts_in(arguments)
+            elsewhere = channels.canonical_id(written)
+            if elsewhere is None:
+                return REFUSED, await _not_an_id(context, tool.name, written)
         verdict = policy.check(persona.name, tool.name, risk, context.channel_id)
-        elsewhere = tool.acts_in(arguments) if tool.acts_in else None
         if verdict.allowed and elsewhere and elsewhere != context.channel_id:
             # A rule of the conversation's channel must not let a call act in another one.
             there = policy.check(persona.name, tool.name, risk, elsewhere)
@@ -196,17 +211,22 @@ class ActionGate:
         return AWAITING_APPROVAL, waiting_text(approval, self.ttl)
 
     async def execute(
-        self, tenant: Tenant, request_id: str, slack: AsyncWebClient | None
+        self,
+        tenant: Tenant,
+        request_id: str,
+        slack: AsyncWebClient | None,
+        now: datetime | None = None,
     ) -> Execution | None:
         """Run an approved request once: ``None`` unless this caller won ``approved →
-        executing`` (someone else runs it, it already ran, or it is not approved).
+        executing`` before the request's expiry at ``now`` (someone else runs it, it already
+        ran, it is not approved, or it expired).
 
         The handler gets the stored arguments and a context rebuilt from the request (persona
         with the workspace's overrides, requester, channel, thread, timezone, ``slack``). The
         outcome is stored with the request, in the tool-call audit and as a note in the
         conversation. Never raises for a tool's failure.
         """
-        approval = await self.repos.approvals.start_execution(tenant, request_id)
+        approval = await self.repos.approvals.start_execution(tenant, request_id, now)
         if approval is None:
             return None
         started = time.perf_counter()
@@ -249,6 +269,32 @@ class ActionGate:
         log.info("approved_action_ran", tenant=tenant.id, request_id=approval.id, ok=ok)
         return Execution(approval, ok, summary)
 
+    async def outside_requester_reach(
+        self, approval: Approval, slack: AsyncWebClient | None
+    ) -> str | None:
+        """The conversation ``approval`` writes to that its requester is not in, else ``None``.
+
+        A write stays within the requester's reach when it acts in the conversation it was
+        asked in, or in a conversation they are a member of (``conversations.members``): a
+        private channel they are not in, someone else's direct message or any channel they
+        have not joined is out of reach. Unknown tools, references that are not ids and
+        conversations Slack cannot list are out of reach too (the stricter rule applies).
+        """
+        tool = self.registry.get(approval.tool)
+        if tool is None:
+            return approval.tool
+        if tool.acts_in is None:
+            return None
+        written = tool.acts_in(approval.arguments)
+        channel = channels.canonical_id(written)
+        if channel is None:
+            return written
+        if channel == approval.channel_id:
+            return None
+        if slack is not None and await channels.is_member(slack, channel, approval.requested_by):
+            return None
+        return channel
+
     async def note(
         self, tenant: Tenant, approval: Approval, state: str, result: str | None = None
     ) -> None:
@@ -281,3 +327,19 @@ class ActionGate:
             slack=slack,
         )
         return await invoke(tool, context, approval.arguments, self.tool_timeout)
+
+
+async def _not_an_id(context: ToolContext, tool: str, written: str) -> str:
+    """What the model is told when a tool names its target conversation other than by id: the
+    id when Slack knows the name, so it can call again with it."""
+    hint = "Give the conversation id (C0123…) or a <#C0123|name> reference."
+    try:
+        found = await channels.resolve(context.slack, written)
+    except channels.ChannelError as exc:
+        hint = f"{exc} {hint}"
+    else:
+        hint = f"{written.strip()} is <#{found}>: call `{tool}` again with channel \"{found}\"."
+    return (
+        f"not allowed: `{tool}` needs the target conversation by its id. {hint} Nothing was "
+        "done."
+    )

@@ -1,19 +1,22 @@
 """Approval requests in Slack: the message with Approve/Reject buttons and what a click does.
 
 The message (Block Kit, contracts.md "Slack: limits") shows the persona, the tool, its target
-and every argument, with buttons whose ``value`` is the request id. A click
-(``block_actions``) is decided by :class:`ApprovalDesk`: only the requester or a workspace
-admin (per the workspace policy) may decide; the database's guarded transitions make exactly
-one click win and exactly one caller run the action, whatever the number of clicks, approvers,
-Slack retries, replicas or restarts.
+and every argument, with buttons whose ``value`` is the request id; user and model text on
+it is escaped (only channel links, and the requester's mention, render). A click
+(``block_actions``) is decided by :class:`ApprovalDesk`: a workspace admin, or the requester
+when the write stays where they are (the workspace policy, see
+storage.repositories.policy); the database's guarded transitions make exactly one click win
+and exactly one caller run the action, before the request's expiry, whatever the number of
+clicks, approvers, Slack retries, replicas or restarts.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -23,13 +26,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 from agents import personas
 from agents.policy import ActionGate, ApprovalNotPosted
 from agents.tools.registry import ToolContext
-from bot.render import context, header, section
+from bot.render import context, escape, header, safe_mrkdwn, section
 from bot.slack_client import is_workspace_admin, slack_error
 from bot.threads import slack_thread
 from storage.models import utcnow
 from storage.repositories import Repositories
 from storage.repositories.approvals import Approval, State
-from storage.repositories.policy import ActionPolicy
+from storage.repositories.policy import CONVERSATION_ID, ActionPolicy
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
@@ -54,10 +57,7 @@ STALLED_RESULT = (
 RESULT_LIMIT = 2500  # characters of an action's result shown on its approval message
 
 
-def _escape(text: str) -> str:
-    """Slack's mrkdwn control characters shown literally
-    (https://api.slack.com/reference/surfaces/formatting#escaping)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+_CHANNEL_LINK = re.compile(r"&lt;#([CGD][A-Z0-9]+)&gt;")
 
 
 def _shortened(text: str) -> str:
@@ -69,7 +69,7 @@ def argument_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     if len(text) > ARGUMENT_LIMIT:
         text = text[:ARGUMENT_LIMIT] + f"… ({len(text) - ARGUMENT_LIMIT:,} more characters)"
-    return "```" + _escape(text).replace("```", "`\u200b``") + "```"
+    return "```" + escape(text).replace("```", "`\u200b``") + "```"
 
 
 def _display(approval: Approval) -> str:
@@ -77,10 +77,16 @@ def _display(approval: Approval) -> str:
     return persona.display_name if persona else approval.persona
 
 
+def target_text(approval: Approval) -> str:
+    """The request's target in mrkdwn: shown literally (it is built from the model's
+    arguments), except a bare channel reference ``<#C0123>``, which only links."""
+    return _CHANNEL_LINK.sub(r"<#\1>", escape(approval.target))
+
+
 def summary_line(approval: Approval) -> str:
     return (
-        f"*{_display(approval)}* wants to run `{approval.tool}` on *{approval.target}* "
-        f"— asked by <@{approval.requested_by}>."
+        f"*{_display(approval)}* wants to run `{escape(approval.tool)}` on "
+        f"*{target_text(approval)}* — asked by <@{approval.requested_by}>."
     )
 
 
@@ -90,7 +96,7 @@ def request_blocks(approval: Approval, outcome: str | None = None) -> list[dict[
               section(summary_line(approval))]
     items = list(approval.arguments.items())
     for key, value in items[:MAX_ARGUMENTS]:
-        blocks.append(section(f"*{_escape(key)}*\n{argument_text(value)}"))
+        blocks.append(section(f"*{escape(key)}*\n{argument_text(value)}"))
     if len(items) > MAX_ARGUMENTS:
         blocks.append(context(f"…and {len(items) - MAX_ARGUMENTS} more arguments not shown."))
     if outcome is not None:
@@ -132,12 +138,17 @@ def outcome_text(approval: Approval, result: str | None = None) -> str:
     by = f"<@{approval.decided_by}>" if approval.decided_by else "someone"
     match approval.state:
         case State.EXECUTED:
-            # Tools answer in mrkdwn (issue keys as links), so the result is shown as such.
-            return f"✅ Approved by {by} — done.\n{_shortened(result or '')}"
+            # Tools answer in mrkdwn (issue keys as links): shown as such, minus broadcasts.
+            return f"✅ Approved by {by} — done.\n{safe_mrkdwn(_shortened(result or ''))}"
         case State.FAILED:
             return f"⚠️ Approved by {by}, but it failed.\n{argument_text(result or '')}"
         case State.REJECTED:
             return f"🚫 Rejected by {by}. Nothing was done."
+        case State.EXPIRED if approval.decided_by:
+            return (
+                f"⌛ Approved by {by}, but it expired before it started. Nothing was done; ask "
+                "again if still needed."
+            )
         case State.EXPIRED:
             return "⌛ Expired without a decision. Nothing was done; ask again if still needed."
         case _:
@@ -187,15 +198,20 @@ class Click:
     message_ts: str | None
 
 
-ClientFor = Callable[[str], Awaitable[AsyncWebClient | None]]
+ClientFor = Callable[[Tenant], Awaitable[AsyncWebClient | None]]
+Clock = Callable[[], datetime]
 
 
 class ApprovalDesk:
-    """Decides clicks, runs approved actions (through the gate) and keeps messages current."""
+    """Decides clicks, runs approved actions (through the gate) and keeps messages current.
 
-    def __init__(self, repos: Repositories, gate: ActionGate) -> None:
+    ``clock`` gives the current aware UTC time (expiries are judged by it; tests inject one).
+    """
+
+    def __init__(self, repos: Repositories, gate: ActionGate, clock: Clock = utcnow) -> None:
         self.repos = repos
         self.gate = gate
+        self.clock = clock
 
     async def click(self, click: Click, client: AsyncWebClient) -> None:
         """Handle one click; never raises for Slack failures (they are logged)."""
@@ -204,7 +220,8 @@ class ApprovalDesk:
             await self._ephemeral(client, click, None, "I do not know this approval request.")
             return
         policy = await self.repos.policy.load(click.tenant)
-        if not await self._may_decide(click, approval, policy, client):
+        refusal = await self._refusal(click, approval, policy, client)
+        if refusal is not None:
             await self.repos.events.record(
                 click.tenant,
                 APPROVAL_DENIED,
@@ -212,10 +229,10 @@ class ApprovalDesk:
                 subject=approval.id,
                 details={"approve": click.approve},
             )
-            await self._ephemeral(client, click, approval, _not_allowed(approval, policy))
+            await self._ephemeral(client, click, approval, refusal)
             return
         decision = await self.repos.approvals.decide(
-            click.tenant, click.request_id, click.user_id, click.approve
+            click.tenant, click.request_id, click.user_id, click.approve, self.clock()
         )
         if decision.request is None:
             return
@@ -236,18 +253,19 @@ class ApprovalDesk:
             await self.gate.note(click.tenant, current, "rejected")
         elif current.state == State.EXPIRED:
             await self._update(client, current)
+            before = " before it started" if current.decided_by else ""
             await self._ephemeral(
                 client,
                 click,
                 current,
-                f"This request expired at {current.expires_at:%Y-%m-%d %H:%M} UTC; nothing was "
-                "done. Ask again if it is still needed.",
+                f"This request expired at {current.expires_at:%Y-%m-%d %H:%M} UTC{before}; "
+                "nothing was done. Ask again if it is still needed.",
             )
         else:
             await self._ephemeral(client, click, current, _already(current))
 
     async def _execute(self, click: Click, approval: Approval, client: AsyncWebClient) -> None:
-        execution = await self.gate.execute(click.tenant, approval.id, client)
+        execution = await self.gate.execute(click.tenant, approval.id, client, self.clock())
         if execution is None:
             return  # another click runs it and reports
         done = await self.repos.approvals.get(click.tenant, approval.id)
@@ -260,32 +278,50 @@ class ApprovalDesk:
         await self._post(
             client,
             done,
-            f"{mark} `{done.tool}` on {done.target} {verb} (approved by <@{done.decided_by}>).",
+            f"{mark} `{escape(done.tool)}` on {target_text(done)} {verb} "
+            f"(approved by <@{done.decided_by}>).",
         )
 
-    async def _may_decide(
+    async def _refusal(
         self, click: Click, approval: Approval, policy: ActionPolicy, client: AsyncWebClient
-    ) -> bool:
-        if policy.may_approve(click.user_id, approval.requested_by, is_admin=False):
-            return True
+    ) -> str | None:
+        """``None`` when ``click.user_id`` may decide ``approval``, else what to tell them.
+
+        Asks Slack only what the answer needs: whether the request stays within its
+        requester's reach (only when the requester clicks), then whether the clicker is an
+        admin.
+        """
+        beyond = None
+        if click.user_id == approval.requested_by and policy.approvers == "requester_or_admin":
+            beyond = await self.gate.outside_requester_reach(approval, client)
+            if policy.may_approve(
+                click.user_id, approval.requested_by, is_admin=False, within_reach=beyond is None
+            ):
+                return None
         is_admin = await is_workspace_admin(client, click.user_id)
-        return policy.may_approve(click.user_id, approval.requested_by, is_admin=is_admin)
+        if policy.may_approve(
+            click.user_id, approval.requested_by, is_admin=is_admin, within_reach=beyond is None
+        ):
+            return None
+        return _not_allowed(approval, policy, beyond)
 
     async def sweep(self, client_for: ClientFor) -> None:
         """Close what nobody will close otherwise, update its message and note it in the
         conversation: requests past their expiry, and executions orphaned by a process that
         died mid-action (still ``executing`` :data:`STALLED_AFTER` past the tool timeout).
 
-        ``client_for(tenant_id)`` gives the workspace's Web API client (``None``: not
-        installed).
+        ``client_for(tenant)`` gives the workspace's Web API client (``None``: not installed);
+        the tenant carries the request's enterprise id, which finds an Enterprise Grid
+        workspace's installation.
         """
-        expired = await self.repos.approvals.expire_due()
-        started_before = utcnow() - timedelta(seconds=self.gate.tool_timeout) - STALLED_AFTER
+        now = self.clock()
+        expired = await self.repos.approvals.expire_due(now)
+        started_before = now - timedelta(seconds=self.gate.tool_timeout) - STALLED_AFTER
         stalled = await self.repos.approvals.fail_stalled(started_before, STALLED_RESULT)
         for approval in expired + stalled:
-            tenant = Tenant(team_id=approval.tenant_id)
+            tenant = approval.tenant
             await self.gate.note(tenant, approval, approval.state, approval.result_summary)
-            client = await client_for(approval.tenant_id)
+            client = await client_for(tenant)
             if client is not None:
                 await self._update(client, approval, approval.result_summary)
         if expired:
@@ -338,9 +374,16 @@ def _located(approval: Approval, click: Click) -> Approval:
     return replace(approval, message_ts=click.message_ts)
 
 
-def _not_allowed(approval: Approval, policy: ActionPolicy) -> str:
+def _not_allowed(approval: Approval, policy: ActionPolicy, beyond: str | None) -> str:
     if policy.approvers == "admins_only":
         return "Only workspace admins can decide this request; nothing changed."
+    if beyond is not None:
+        where = f"<#{beyond}>" if CONVERSATION_ID.match(beyond) else f"`{escape(beyond)}`"
+        return (
+            f"This request writes to {where}, outside this conversation and where you are not "
+            "a member (or someone else's direct message), so only a workspace admin can decide "
+            "it; nothing changed."
+        )
     return (
         f"Only <@{approval.requested_by}> or a workspace admin can decide this request; "
         "nothing changed."

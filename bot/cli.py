@@ -308,7 +308,18 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
         return _config_limit(settings, tenant, args.words[1:])
 
     async def main() -> None:
+        from slack_sdk.errors import SlackApiError, SlackTokenRotationError
+
+        from bot.briefings.clients import NotInstalled
+
         async with _services(settings) as services:
+            try:  # the workspace's client looks channel names up; without it, ids only
+                slack = await services.briefings.clients.for_tenant(tenant)
+            except NotInstalled:
+                slack = None
+            except (SlackApiError, SlackTokenRotationError) as exc:
+                print(f"Slack is unreachable ({exc}); channels by id only.", file=sys.stderr)
+                slack = None
             reply = await CommandRouter(services).handle(
                 CommandRequest(
                     tenant=tenant,
@@ -317,6 +328,7 @@ def _config(settings: Settings, args: argparse.Namespace) -> int:
                     user_id="cli",
                     channel_id="",
                     is_admin=_always,
+                    slack=slack,
                 )
             )
             print(reply.text)

@@ -182,21 +182,17 @@ class Server:
             except Exception as exc:  # housekeeping; retry next round
                 log.warning("approval_expiry_failed", error=repr(exc))
 
-    async def _client_for(self, tenant_id: str) -> AsyncWebClient | None:
+    async def _client_for(self, tenant: Tenant) -> AsyncWebClient | None:
         """The Web API client of a workspace (or org install), ``None`` when not installed.
 
         The same clients as scheduled briefings use: they refresh rotated tokens themselves.
+        ``tenant`` names the installation fully (an Enterprise Grid workspace install is
+        found by its team id and enterprise id together).
         """
-        # A stored tenant id is a team_id, or an enterprise_id for an org-wide install.
-        for tenant in (
-            Tenant(team_id=tenant_id),
-            Tenant(team_id=None, enterprise_id=tenant_id, is_enterprise_install=True),
-        ):
-            try:
-                return await self.services.briefings.clients.for_tenant(tenant)
-            except NotInstalled:
-                continue
-        return None
+        try:
+            return await self.services.briefings.clients.for_tenant(tenant)
+        except NotInstalled:
+            return None
 
     # Handlers --------------------------------------------------------------------------
 

@@ -216,7 +216,10 @@ class ApprovalRequest(Base):
     """A write action waiting for (or past) a human decision in Slack.
 
     ``state``: pending → approved → executing → executed | failed, pending → rejected,
-    pending → expired. Only guarded updates in storage.repositories.approvals change it.
+    pending | approved → expired. Only guarded updates in storage.repositories.approvals
+    change it. ``enterprise_id``/``is_enterprise_install`` are kept beside ``tenant_id`` because
+    the expiry sweep has no incoming request to name the installation whose token updates the
+    message (an Enterprise Grid workspace install is found by both ids).
     """
 
     __tablename__ = "approval_requests"
@@ -227,6 +230,8 @@ class ApprovalRequest(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # uuid4 hex
     tenant_id: Mapped[str] = mapped_column(String(32))
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    is_enterprise_install: Mapped[bool] = mapped_column(Boolean, default=False)
     persona: Mapped[str] = mapped_column(String(32))
     requested_by: Mapped[str] = mapped_column(String(32))
     channel_id: Mapped[str] = mapped_column(String(32))

@@ -158,16 +158,19 @@ def test_an_empty_policy_allows_everything_and_approves_writes(tool, risk, chann
 
 
 @pytest.mark.parametrize(
-    ("approvers", "user", "is_admin", "may"),
+    ("approvers", "user", "is_admin", "within_reach", "may"),
     [
-        ("requester_or_admin", "U0ALICE", False, True),
-        ("requester_or_admin", "U0BOB", False, False),
-        ("requester_or_admin", "U0BOB", True, True),
-        ("admins_only", "U0ALICE", False, False),
-        ("admins_only", "U0ALICE", True, True),
-        ("admins_only", "U0BOB", True, True),
+        ("requester_or_admin", "U0ALICE", False, True, True),
+        ("requester_or_admin", "U0ALICE", False, False, False),
+        ("requester_or_admin", "U0BOB", False, True, False),
+        ("requester_or_admin", "U0BOB", True, False, True),
+        ("admins_only", "U0ALICE", False, True, False),
+        ("admins_only", "U0ALICE", True, False, True),
+        ("admins_only", "U0BOB", True, True, True),
     ],
 )
-def test_who_may_approve(approvers, user, is_admin, may):
+def test_who_may_approve(approvers, user, is_admin, within_reach, may):
     policy = ActionPolicy(approvers=approvers)
-    assert policy.may_approve(user, requested_by="U0ALICE", is_admin=is_admin) is may
+    assert policy.may_approve(
+        user, requested_by="U0ALICE", is_admin=is_admin, within_reach=within_reach
+    ) is may

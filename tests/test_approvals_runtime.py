@@ -302,8 +302,8 @@ async def test_the_sweep_closes_an_execution_orphaned_by_a_dead_process(
     # What the dead process did before dying: it won the start, and never finished.
     await services.repos.approvals.start_execution(ACME, request.id)
 
-    async def client_for(tenant_id):
-        return client if tenant_id == ACME.id else None
+    async def client_for(tenant):
+        return client if tenant == ACME else None
 
     await services.approvals.sweep(client_for)
     assert (await services.repos.approvals.get(ACME, request.id)).state is State.EXECUTING

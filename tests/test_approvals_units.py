@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from agents.channels import canonical_id
 from agents.personas import NOX
 from agents.policy import outcome_note, refusal_text, waiting_text
 from agents.tools import slack_post
@@ -75,7 +76,7 @@ def test_the_request_message_stays_within_block_kit_limits(count):
         (State.EXECUTED, "✅ Approved by <@U0BOB> — done."),
         (State.FAILED, "⚠️ Approved by <@U0BOB>, but it failed."),
         (State.REJECTED, "🚫 Rejected by <@U0BOB>. Nothing was done."),
-        (State.EXPIRED, "⌛ Expired without a decision."),
+        (State.EXPIRED, "⌛ Approved by <@U0BOB>, but it expired before it started."),
     ],
 )
 def test_decided_messages_say_what_happened_and_have_no_buttons(state, expected):
@@ -105,7 +106,8 @@ def test_refusals_say_why_and_where(verdict, expected):
     "state, result, expected",
     [
         ("rejected", None, "<@U0BOB> rejected `slack_post_message`"),
-        ("expired", None, "expired without a decision"),
+        ("expired", None, "<@U0BOB> approved `slack_post_message` on Slack channel <#C0INC> "
+                          "(approval request " + "a" * 32 + "), but it expired before it started"),
         ("executed", '{"ts": "1.2"}', 'approved `slack_post_message` on Slack channel <#C0INC> '
                                       '(approval request ' + "a" * 32 + '); it ran. Result: {"ts"'),
         ("failed", "error: boom", "but it failed: error: boom"),
@@ -126,11 +128,13 @@ def test_the_model_is_told_the_action_waits():
         ("C0123ABC", "C0123ABC", "Slack channel <#C0123ABC>"),
         ("<#C0123ABC|incidents>", "C0123ABC", "Slack channel <#C0123ABC>"),
         (" <#G0PRIV> ", "G0PRIV", "Slack channel <#G0PRIV>"),
-        ("#incidents", "#incidents", "Slack #incidents"),
+        ("c0123abc", "C0123ABC", "Slack channel <#C0123ABC>"),  # Slack writes ids upper case
+        ("U0BOB123", None, "Slack U0BOB123"),
+        ("#incidents", None, "Slack #incidents"),
     ],
 )
 def test_slack_post_channel_and_target(channel, channel_id, target):
-    assert slack_post.channel_id_of(channel) == channel_id
+    assert canonical_id(channel) == channel_id
     assert slack_post.target({"channel": channel}) == target
 
 
@@ -159,7 +163,7 @@ async def configure(services, text: str, admin: bool = True) -> str:
         ("zone", "NOX may now act in <#C0HERE> with every tool"),
         ("atlas zone C0CLOUD1 all", "ATLAS may now act in <#C0CLOUD1> with every tool"),
         ("zone C0OPS123 drop_database", "Unknown tool `drop_database`"),
-        ("zone #ops", "is not a channel"),
+        ("zone #ops", "names are looked up in Slack, which is not reachable from here"),
         ("unzone C0NOWHERE", "<#C0NOWHERE> is not one of NOX's action zones"),
         ("autoapprove slack_post_message",
          "`slack_post_message` runs without approval everywhere in this workspace"),

@@ -226,11 +226,11 @@ async def test_twenty_concurrent_deciders_on_two_engines_have_one_winner(
 
 async def test_execution_starts_once_and_finishes_once(repos):
     created = await request(repos)
-    assert await repos.approvals.start_execution(ACME, created.id) is None  # not approved yet
+    assert await repos.approvals.start_execution(ACME, created.id, T0) is None  # not approved
     await repos.approvals.decide(ACME, created.id, "U0ALICE", approve=True, now=T0)
 
     starts = await asyncio.gather(
-        *(repos.approvals.start_execution(ACME, created.id) for _ in range(20))
+        *(repos.approvals.start_execution(ACME, created.id, T0) for _ in range(20))
     )
     running = [s for s in starts if s is not None]
     assert len(running) == 1
@@ -250,7 +250,7 @@ async def test_execution_starts_once_and_finishes_once(repos):
 async def test_a_failed_execution_is_recorded_as_failed(repos):
     created = await request(repos)
     await repos.approvals.decide(ACME, created.id, "U0ALICE", approve=True, now=T0)
-    await repos.approvals.start_execution(ACME, created.id)
+    await repos.approvals.start_execution(ACME, created.id, T0)
     assert await repos.approvals.finish_execution(ACME, created.id, "Jira is unavailable", ok=False)
     stored = await repos.approvals.get(ACME, created.id)
     assert (stored.state, stored.result_summary) == (State.FAILED, "Jira is unavailable")
@@ -290,11 +290,14 @@ async def test_expire_due_sweeps_every_tenant_once(repos):
     await repos.approvals.decide(ACME, decided.id, "U0ALICE", approve=True, now=T0)
 
     swept = await repos.approvals.expire_due(T0 + timedelta(hours=2))
-    assert {(a.tenant_id, a.id) for a in swept} == {("T0ACME", due.id), ("T0GLOBEX", elsewhere.id)}
+    # Approved but never started counts as not done: it expires too (and never runs).
+    assert {(a.tenant_id, a.id) for a in swept} == {
+        ("T0ACME", due.id), ("T0GLOBEX", elsewhere.id), ("T0ACME", decided.id)
+    }
     assert all(a.state is State.EXPIRED for a in swept)
     assert await repos.approvals.expire_due(T0 + timedelta(hours=2)) == []
     assert (await repos.approvals.get(ACME, later.id)).state is State.PENDING
-    assert (await repos.approvals.get(ACME, decided.id)).state is State.APPROVED
+    assert (await repos.approvals.get(ACME, decided.id)).decided_by == "U0ALICE"
 
     pending = await repos.approvals.pending_for(ACME, T0 + timedelta(hours=2))
     assert [a.id for a in pending] == [later.id]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from agents.channels import ChannelError, canonical_id, resolve
 from agents.memory import estimate_tokens, fit_history
 from agents.personas import ATLAS, NOX, effective, for_channel
 from agents.tools.clock import TOOL as GET_TIME
 from agents.tools.registry import Tool, ToolContext, ToolError, ToolRegistry
-from bot.commands.config import CHANNEL, ConfigError, _channel, _temperature, _timezone
+from bot.commands.config import ConfigError, _temperature, _timezone
 from bot.render import MAX_BLOCKS, SECTION_LIMIT, answer, split_text
 from bot.server import parse_slack_body
 from bot.settings import SettingsError, load_settings
@@ -270,16 +271,14 @@ class TestConfigWords:
             ("<#C0123ABC|ops>", "C0123ABC"),
             ("<#C0123ABC>", "C0123ABC"),
             ("C0123ABCD", "C0123ABCD"),
-            ("", None),
-            ("here", None),
         ],
     )
-    def test_channel_references(self, value, channel):
-        assert _channel(value) == channel
+    async def test_channel_references(self, value, channel):
+        assert await resolve(None, value) == channel
 
-    def test_bad_words(self):
-        with pytest.raises(ConfigError):
-            _channel("#ops")
+    async def test_bad_words(self):
+        with pytest.raises(ChannelError):
+            await resolve(None, "#ops")  # a name needs Slack to find its id
         with pytest.raises(ConfigError):
             _temperature("hot")
         with pytest.raises(ConfigError):
@@ -287,4 +286,4 @@ class TestConfigWords:
         with pytest.raises(ConfigError):
             _timezone("Nowhere/City")
         assert _temperature("0.7") == 0.7 and _timezone("America/New_York") == "America/New_York"
-        assert CHANNEL.match("<#G0PRIVATE|secret>")
+        assert canonical_id("<#G0PRIVATE|secret>") == "G0PRIVATE"

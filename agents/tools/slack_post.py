@@ -4,46 +4,47 @@ announcement. A write tool: it runs only after a human approved it (see :mod:`ag
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from slack_sdk.errors import SlackApiError
 
+from agents.channels import canonical_id
 from agents.tools.registry import Tool, ToolContext, ToolError
-
-# Slack's channel reference in mrkdwn (``<#C0123|incidents>``) or a bare conversation id.
-_REFERENCE = re.compile(r"^<#(?P<id>[CGD][A-Z0-9]+)(?:\|[^>]*)?>$")
-_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")  # Slack channel names are lowercase
-
-
-def channel_id_of(channel: str) -> str:
-    """The conversation id in ``<#C0123|name>`` or ``C0123``; a ``#name`` is passed on as
-    written (``chat.postMessage`` resolves public channel names)."""
-    channel = channel.strip()
-    match = _REFERENCE.match(channel)
-    return match["id"] if match else channel
 
 
 def target(arguments: dict[str, Any]) -> str:
-    channel = channel_id_of(str(arguments.get("channel", "")))
-    return f"Slack channel <#{channel}>" if _CHANNEL_ID.match(channel) else f"Slack {channel}"
+    """What the approval message names: ``Slack channel <#C0123>`` (as written when the
+    reference is not an id; the gate refuses those before any request is made)."""
+    written = str(arguments.get("channel", ""))
+    channel = canonical_id(written)
+    return f"Slack channel <#{channel}>" if channel else f"Slack {written.strip()}"
+
+
+def acts_in(arguments: dict[str, Any]) -> str:
+    """Where the message goes, as written: the gate turns it into a canonical id or refuses."""
+    return str(arguments.get("channel", ""))
 
 
 async def slack_post_message(context: ToolContext, channel: str, text: str) -> dict[str, str]:
     """Post a message into a Slack channel, e.g. an incident announcement in #incidents.
 
     Returns ``channel`` (id) and ``ts`` of the posted message. Slack API: ``chat.postMessage``
-    (https://api.slack.com/methods/chat.postMessage).
+    (https://api.slack.com/methods/chat.postMessage). It posts exactly to the conversation id
+    the action policy checked, never to a name Slack would resolve later.
 
     Raises:
-        ToolError: outside Slack, or Slack refused (not in the channel, unknown channel …).
+        ToolError: outside Slack, not a conversation id, or Slack refused (not in the channel,
+            unknown channel …).
     """
     if context.slack is None:
         raise ToolError("Slack is not reachable from here (this conversation is not in Slack)")
+    channel_id = canonical_id(channel)
+    if channel_id is None:
+        raise ToolError(f"{channel!r} is not a channel id; give the id (C0123…) or <#C0123|name>")
     if not text.strip():
         raise ToolError("the message text is empty")
     try:
-        response = await context.slack.chat_postMessage(channel=channel_id_of(channel), text=text)
+        response = await context.slack.chat_postMessage(channel=channel_id, text=text)
     except SlackApiError as exc:
         error = exc.response.get("error", "unknown_error") if exc.response else "unknown_error"
         hint = {
@@ -62,7 +63,8 @@ TOOL = Tool.from_function(
             "channel": {
                 "type": "string",
                 "minLength": 1,
-                "description": "Channel id (C0123…), a <#C0123|name> reference, or #name.",
+                "description": "The conversation id (C0123…, G…, or D… for a direct "
+                "message) or a <#C0123|name> reference; not a #name or a person.",
             },
             "text": {
                 "type": "string",
@@ -76,5 +78,5 @@ TOOL = Tool.from_function(
     },
     risk="write",
     target=target,
-    acts_in=lambda arguments: channel_id_of(str(arguments.get("channel", ""))),
+    acts_in=acts_in,
 )

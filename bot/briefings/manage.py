@@ -20,7 +20,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
-from bot.briefings.render import escape
 from bot.briefings.schedule import (
     HORIZON,
     ScheduleError,
@@ -29,6 +28,7 @@ from bot.briefings.schedule import (
     parse_timezone,
 )
 from bot.briefings.sections import SectionError, parse_sections
+from bot.render import escape
 from bot.settings import Settings
 from bot.slack_client import slack_error
 from storage.repositories import Repositories

@@ -9,17 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 from bot.briefings.sections import SectionContent
-from bot.render import MAX_BLOCKS, SECTION_LIMIT, Reply, context, header, section, split_text
+from bot.render import (
+    MAX_BLOCKS,
+    SECTION_LIMIT,
+    Reply,
+    context,
+    header,
+    no_broadcasts,
+    section,
+    split_text,
+)
 
 MAX_LINES = 15  # items shown per list before "and N more"
 MAX_TEXT_BLOCKS = 3  # section blocks one free-text section may take
-
-
-def escape(text: str) -> str:
-    """``text`` shown as it is in mrkdwn: ``&``, ``<`` and ``>`` as entities, so that
-    ``<!channel>`` or ``<https://x|y>`` in outside data neither notifies nor links
-    (Slack: "Formatting text for app surfaces", escaping text)."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def render_briefing(
@@ -30,6 +32,7 @@ def render_briefing(
     ``text`` (the notification fallback) repeats the content in plain mrkdwn.
     """
     blocks: list[dict[str, Any]] = [header(title)]
+    opening = no_broadcasts(opening) if opening else None  # the model's words: no broadcasts
     if opening:
         blocks.append(section(opening))
     # Leave room for the footer, and for a note when sections do not fit.

@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 from agents.connections import Connections, NotConnected, explain
 from agents.runtime import AgentRuntime, TurnRequest
-from bot.briefings.render import escape
+from bot.approvals import target_text
 from bot.briefings.sections import BriefingContext, SectionContent, SectionSpec, SourceUnavailable
+from bot.render import escape, no_broadcasts
 from integrations.errors import IntegrationError
 from storage.repositories import Repositories
 
@@ -49,7 +50,7 @@ class ApprovalsSource:
             context.briefing.tenant, audience_of(context), context.scheduled_for
         )
         lines = [
-            f"`{escape(request.tool)}` on {escape(request.target)} — asked by "
+            f"`{escape(request.tool)}` on {target_text(request)} — asked by "
             f"<@{request.requested_by}>, expires {request.expires_at:%Y-%m-%d %H:%M} UTC"
             for request in pending
         ]
@@ -107,7 +108,7 @@ class PromptSource:
             raise SourceUnavailable(
                 f"{context.persona.display_name} could not answer ({outcome.status})"
             )
-        return SectionContent(spec.title, text=outcome.text)
+        return SectionContent(spec.title, text=no_broadcasts(outcome.text))
 
 
 class JiraSource:

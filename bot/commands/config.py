@@ -20,17 +20,20 @@ Grammar: ``[persona] verb [value]``; the persona defaults to the command's own.
 ``noautoapprove TOOL [#ch]`` that write tool needs approval (in that channel only)
 ``approvers requester|admins`` who may approve: the requester or an admin, or admins only
 =========================  =========================================================
+
+A channel (``#ch``) is a mention (Slack sends ``<#C0123|name>``: the command escapes), an id
+in any case, or a name with or without ``#`` looked up in Slack; it is stored by its id, and
+anything else (a person, an unknown name) is refused (:func:`agents.channels.resolve`).
 """
 
 from __future__ import annotations
 
-import re
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from agents import personas
+from agents import channels, personas
 from agents.personas import Persona
 from bot.commands.base import Invocation
-from bot.render import Reply, section
+from bot.render import Reply, escape, section
 from storage.repositories.policy import ANY_CHANNEL, ActionPolicy
 
 USAGE = (
@@ -38,7 +41,6 @@ USAGE = (
     "zone|unzone|autoapprove|noautoapprove|approvers …"
 )
 APPROVERS = {"requester": "requester_or_admin", "admins": "admins_only"}
-CHANNEL = re.compile(r"^(?:<#(?P<ref>[CGD][A-Z0-9]+)(?:\|[^>]*)?>|(?P<id>[CGD][A-Z0-9]{6,}))$")
 
 
 class ConfigError(ValueError):
@@ -101,9 +103,7 @@ async def apply(invocation: Invocation, target: Persona, verb: str, value: str) 
             await repo.update_persona(tenant, target.name, actor, extra_instructions=text)
             return f"{name}'s extra instructions are {'cleared' if text is None else 'saved'}."
         case "bind" | "unbind":
-            channel = _channel(value) or invocation.request.channel_id
-            if not channel:
-                raise ConfigError("Name the channel to bind, e.g. `bind C0123456789`.")
+            channel = await _channel_here(invocation, value)
             persona = target.name if verb == "bind" else None
             await repo.bind_channel(tenant, channel, persona, actor)
             if persona:
@@ -126,7 +126,7 @@ async def _policy(invocation: Invocation, target: Persona, verb: str, value: str
     first, _, rest = value.partition(" ")
     match verb:
         case "zone":
-            channel = _channel_here(invocation, first)
+            channel = await _channel_here(invocation, first)
             tools = _tools(invocation, rest)
             await policy.set_zone(tenant, target.name, channel, tools, actor)
             allowed = "every tool" if tools is None else ", ".join(f"`{t}`" for t in tools)
@@ -135,7 +135,7 @@ async def _policy(invocation: Invocation, target: Persona, verb: str, value: str
                 "its zones."
             )
         case "unzone":
-            channel = _channel_here(invocation, first)
+            channel = await _channel_here(invocation, first)
             if not await policy.remove_zone(tenant, target.name, channel, actor):
                 raise ConfigError(f"<#{channel}> is not one of {name}'s action zones.")
             left = (await policy.load(tenant)).zones.get(target.name)
@@ -144,7 +144,7 @@ async def _policy(invocation: Invocation, target: Persona, verb: str, value: str
             )
         case "autoapprove" | "noautoapprove":
             tool = _write_tool(invocation, first)
-            channel = _channel(rest.strip())
+            channel = await _channel(invocation, rest.strip())
             auto = verb == "autoapprove"
             await policy.set_auto_approve(tenant, tool, auto, actor, channel)
             where = f"in <#{channel}>" if channel else "everywhere in this workspace"
@@ -229,21 +229,22 @@ def _temperature(value: str) -> float:
     return temperature
 
 
-def _channel(value: str) -> str | None:
+async def _channel(invocation: Invocation, value: str) -> str | None:
+    """The canonical id of the channel ``value`` names; ``None`` for nothing or ``here``."""
     if not value or value == "here":
         return None
-    match = CHANNEL.match(value)
-    if not match:
-        raise ConfigError(
-            f"`{value}` is not a channel; mention it like #ops so Slack sends its ID."
-        )
-    return match["ref"] or match["id"]
+    try:
+        return await channels.resolve(invocation.request.slack, value)
+    except channels.ChannelError as exc:
+        # The message quotes the admin's words: shown literally, never as a mention.
+        told = escape(str(exc))
+        raise ConfigError(f"{told} Name a channel as #channel, its name or its id.") from None
 
 
-def _channel_here(invocation: Invocation, value: str) -> str:
-    channel = _channel(value) or invocation.request.channel_id
+async def _channel_here(invocation: Invocation, value: str) -> str:
+    channel = await _channel(invocation, value) or invocation.request.channel_id
     if not channel:
-        raise ConfigError("Name the channel, e.g. `zone C0123456789`.")
+        raise ConfigError("Name the channel, e.g. `zone #ops` or `zone C0123456789`.")
     return channel
 
 

@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 
 from agents.runtime import TurnRequest
 from bot.commands.base import Invocation
-from bot.render import Reply, section
+from bot.render import Reply, no_broadcasts, section
 from bot.slack_client import slack_error
 from bot.work import ShuttingDown
 
@@ -56,7 +56,10 @@ async def run(invocation: Invocation) -> Reply:
     try:
         opening = await request.slack.chat_postMessage(
             channel=request.channel_id,
-            text=f":rotating_light: *Incident* declared by <@{request.user_id}>: {summary}",
+            # Posted as the bot: the summary's people stay mentioned, but it cannot
+            # broadcast (<!channel>) past the workspace's own rules for who may.
+            text=f":rotating_light: *Incident* declared by <@{request.user_id}>: "
+            f"{no_broadcasts(summary)}",
         )
     except SlackApiError as exc:
         log.warning("incident_post_failed", error=slack_error(exc))

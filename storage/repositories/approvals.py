@@ -1,10 +1,14 @@
 """Approval requests for write actions, with guarded state transitions.
 
 States: ``pending`` → ``approved`` → ``executing`` → ``executed`` | ``failed``; ``pending`` →
-``rejected``; ``pending`` → ``expired``. Every transition is one ``UPDATE … WHERE state = …``
-checked by its row count, so among concurrent callers (double clicks, two approvers, Slack
-retrying an interaction, several replicas) exactly one wins, on SQLite and PostgreSQL alike.
+``rejected``; ``pending`` | ``approved`` → ``expired``. Every transition is one ``UPDATE … WHERE
+state = …`` checked by its row count, so among concurrent callers (double clicks, two approvers,
+Slack retrying an interaction, several replicas) exactly one wins, on SQLite and PostgreSQL alike.
 The winner's audit event is written in the same transaction.
+
+``expires_at`` bounds the start of the action, not only the decision: a request approved but
+never started (the process died in between) expires like a pending one, and execution never
+starts at or after ``expires_at``. An approval is consent to act soon, not days later.
 
 A request whose execution started is never started again (at most one execution, never two).
 When the process dies mid-action the request stays ``executing`` until the sweep's
@@ -42,6 +46,9 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+UNSTARTED = (State.PENDING, State.APPROVED)  # nothing ran yet: these expire at expires_at
+
+
 @dataclass(frozen=True, slots=True)
 class Approval:
     """One approval request as stored. Datetimes are aware UTC."""
@@ -64,6 +71,15 @@ class Approval:
     decided_at: datetime | None
     result_summary: str | None
     created_at: datetime
+    # The installation whose token updates the request's message (Enterprise Grid workspaces
+    # are found by team and enterprise id together).
+    enterprise_id: str | None = None
+    is_enterprise_install: bool = False
+
+    @property
+    def tenant(self) -> Tenant:
+        """The tenant that made the request, with its enterprise id (to find its installation)."""
+        return _tenant(self.tenant_id, self.enterprise_id, self.is_enterprise_install)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,8 @@ class ApprovalRepository:
         row = ApprovalRequest(
             id=uuid.uuid4().hex,
             tenant_id=tenant.id,
+            enterprise_id=tenant.enterprise_id,
+            is_enterprise_install=tenant.is_enterprise_install,
             persona=persona,
             requested_by=requested_by,
             channel_id=channel_id,
@@ -164,8 +182,9 @@ class ApprovalRepository:
         """Approve or reject a pending request; exactly one concurrent caller wins.
 
         Whether ``user_id`` may decide is the caller's check (see the workspace policy). A
-        click after ``expires_at`` marks the request ``expired`` (recording
-        ``approval_expired``) and does not win. The winner records ``approval_decided``.
+        click at or after ``expires_at`` on a request still ``pending``, or ``approved`` but
+        never started, marks it ``expired`` (recording ``approval_expired``) and does not win.
+        The winner records ``approval_decided``.
 
         Raises:
             ValueError: ``now`` is naive.
@@ -189,7 +208,7 @@ class ApprovalRepository:
                 )
                 return Decision(True, await _current(session, tenant, request_id))
             expired = await session.execute(
-                _update(tenant, request_id, State.PENDING)
+                _update(tenant, request_id, *UNSTARTED)
                 .where(ApprovalRequest.expires_at <= moment)
                 .values(state=State.EXPIRED.value)
             )
@@ -204,14 +223,22 @@ class ApprovalRepository:
                 )
             return Decision(False, await _current(session, tenant, request_id))
 
-    async def start_execution(self, tenant: Tenant, request_id: str) -> Approval | None:
-        """Move ``approved`` → ``executing``: the request to run when this caller won, else
-        ``None`` (another caller runs it, or it was never approved)."""
+    async def start_execution(
+        self, tenant: Tenant, request_id: str, now: datetime | None = None
+    ) -> Approval | None:
+        """Move ``approved`` → ``executing`` before ``expires_at``: the request to run when
+        this caller won, else ``None`` (another caller runs it, it was never approved, or it
+        expired before it started: the sweep or the next click marks that ``expired``).
+
+        Raises:
+            ValueError: ``now`` is naive.
+        """
+        moment = _now(now)
         async with self._sessions.begin() as session:
             result = await session.execute(
-                _update(tenant, request_id, State.APPROVED).values(
-                    state=State.EXECUTING.value, execution_started_at=utcnow()
-                )
+                _update(tenant, request_id, State.APPROVED)
+                .where(ApprovalRequest.expires_at > moment)
+                .values(state=State.EXECUTING.value, execution_started_at=moment)
             )
             if result.rowcount != 1:
                 return None
@@ -243,7 +270,8 @@ class ApprovalRepository:
             return True
 
     async def expire_due(self, now: datetime | None = None) -> list[Approval]:
-        """Mark every pending request past ``expires_at`` as ``expired``, in all workspaces.
+        """Mark ``expired`` every request past ``expires_at`` that is still ``pending`` or
+        ``approved`` but never started, in all workspaces.
 
         For the scheduler: returns the requests this call expired (each with its ``tenant_id``)
         so their Slack messages can say so; a request expired concurrently by a late click or
@@ -256,7 +284,7 @@ class ApprovalRepository:
         async with self._sessions.begin() as session:
             return await _close_all(
                 session,
-                State.PENDING,
+                UNSTARTED,
                 ApprovalRequest.expires_at <= moment,
                 {"state": State.EXPIRED.value},
                 lambda tenant, request: events.append(
@@ -280,7 +308,7 @@ class ApprovalRepository:
         async with self._sessions.begin() as session:
             return await _close_all(
                 session,
-                State.EXECUTING,
+                (State.EXECUTING,),
                 or_(
                     ApprovalRequest.execution_started_at.is_(None),
                     ApprovalRequest.execution_started_at < moment,
@@ -322,43 +350,52 @@ def _now(now: datetime | None) -> datetime:
     return utcnow() if now is None else to_utc(now)
 
 
-def _update(tenant: Tenant, request_id: str, state: State | None = None) -> Update:
-    """``UPDATE approval_requests`` of one tenant's request, guarded by ``state`` when given."""
+def _tenant(tenant_id: str, enterprise_id: str | None, is_enterprise_install: bool) -> Tenant:
+    if is_enterprise_install:
+        return Tenant(team_id=None, enterprise_id=tenant_id, is_enterprise_install=True)
+    return Tenant(team_id=tenant_id, enterprise_id=enterprise_id)
+
+
+def _update(tenant: Tenant, request_id: str, *states: State) -> Update:
+    """``UPDATE approval_requests`` of one tenant's request, guarded by ``states`` when given."""
     statement = (
         update(ApprovalRequest)
         .where(ApprovalRequest.tenant_id == tenant.id, ApprovalRequest.id == request_id)
         .execution_options(synchronize_session=False)
     )
-    if state is not None:
-        statement = statement.where(ApprovalRequest.state == state.value)
+    if states:
+        statement = statement.where(ApprovalRequest.state.in_([s.value for s in states]))
     return statement
 
 
 async def _close_all(
     session: AsyncSession,
-    state: State,
+    states: tuple[State, ...],
     due: ColumnElement[bool],
     values: dict[str, Any],
     record: Callable[[Tenant, Approval], None],
 ) -> list[Approval]:
-    """Move every request in ``state`` matching ``due`` to ``values``, each by a guarded
-    update, calling ``record`` for each one this caller moved; returns those requests.
+    """Move every request in one of ``states`` matching ``due`` to ``values``, each by a
+    guarded update, calling ``record`` for each one this caller moved; returns those requests.
 
     A request moved concurrently (a late click, another replica's sweep) is left to that
     caller, so each is reported once.
     """
     rows = (
         await session.execute(
-            select(ApprovalRequest.tenant_id, ApprovalRequest.id).where(
-                ApprovalRequest.state == state.value, due
-            )
+            select(
+                ApprovalRequest.tenant_id,
+                ApprovalRequest.enterprise_id,
+                ApprovalRequest.is_enterprise_install,
+                ApprovalRequest.id,
+            ).where(ApprovalRequest.state.in_([s.value for s in states]), due)
         )
     ).all()
     moved: list[Approval] = []
-    for tenant_id, request_id in rows:
-        tenant = Tenant(team_id=tenant_id)
+    for tenant_id, enterprise_id, is_enterprise_install, request_id in rows:
+        tenant = _tenant(tenant_id, enterprise_id, bool(is_enterprise_install))
         result = await session.execute(
-            _update(tenant, request_id, state).where(due).values(**values)
+            _update(tenant, request_id, *states).where(due).values(**values)
         )
         if result.rowcount != 1:
             continue
@@ -400,4 +437,6 @@ def _approval(row: ApprovalRequest) -> Approval:
         decided_at=aware(row.decided_at) if row.decided_at else None,
         result_summary=row.result_summary,
         created_at=aware(row.created_at),
+        enterprise_id=row.enterprise_id,
+        is_enterprise_install=bool(row.is_enterprise_install),
     )

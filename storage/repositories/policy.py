@@ -11,12 +11,17 @@ The rule, exactly (:meth:`ActionPolicy.check`):
    auto-approves it: the policy for that tool in that channel wins over the tool's
    workspace-wide policy (so "auto-approve everywhere but #prod" is two rows); no policy means
    approval is needed.
-3. Approvers (:meth:`ActionPolicy.may_approve`): ``requester_or_admin`` (the default) lets the
-   requesting user or a workspace admin decide; ``admins_only`` only admins.
+3. Approvers (:meth:`ActionPolicy.may_approve`): ``requester_or_admin`` (the default) lets a
+   workspace admin decide, and the requesting user when the write stays within their reach:
+   in the conversation it was asked in, or in one they are a member of (never a private
+   channel they are not in, nor someone else's DM); ``admins_only`` lets only admins decide.
+4. Channels are compared by their canonical id only (``C…``/``G…``/``D…``, upper case, see
+   agents.channels); storing anything else is refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -31,6 +36,8 @@ from storage.tenancy import Tenant
 Approvers = Literal["requester_or_admin", "admins_only"]
 APPROVERS: tuple[str, ...] = get_args(Approvers)
 ANY_CHANNEL = "*"  # the channel_id of a workspace-wide tool policy
+# A conversation id as Slack writes it: C… channels, G… private channels, D… direct messages.
+CONVERSATION_ID = re.compile(r"^[CGD][A-Z0-9]{3,}$")
 Refusal = Literal["outside_zones", "tool_not_in_zone"]
 
 
@@ -74,11 +81,16 @@ class ActionPolicy:
                 return Verdict(False, False, "tool_not_in_zone", channels, tuple(sorted(tools)))
         return Verdict(True, risk == "write" and not self._auto_approved(tool, channel_id))
 
-    def may_approve(self, user_id: str, requested_by: str, is_admin: bool) -> bool:
-        """Whether ``user_id`` may approve or reject a request made by ``requested_by``."""
+    def may_approve(
+        self, user_id: str, requested_by: str, *, is_admin: bool, within_reach: bool
+    ) -> bool:
+        """Whether ``user_id`` may approve or reject a request made by ``requested_by``;
+        ``within_reach``: the request writes only where its requester is (see rule 3)."""
         if is_admin:
             return True
-        return self.approvers == "requester_or_admin" and user_id == requested_by
+        return (
+            self.approvers == "requester_or_admin" and user_id == requested_by and within_reach
+        )
 
     def _auto_approved(self, tool: str, channel_id: str) -> bool:
         here = self.auto_approve.get((tool, channel_id))
@@ -131,8 +143,12 @@ class PolicyRepository:
         channel_id: str | None = None,
     ) -> None:
         """Auto-approve ``tool`` (or require approval: ``False``) in one channel, or workspace-wide
-        when ``channel_id`` is ``None``. ``auto_approve=None`` removes that policy."""
-        channel = channel_id or ANY_CHANNEL
+        when ``channel_id`` is ``None``. ``auto_approve=None`` removes that policy.
+
+        Raises:
+            ValueError: ``channel_id`` is not a canonical conversation id.
+        """
+        channel = ANY_CHANNEL if channel_id is None else _canonical(channel_id)
         async with self._sessions.begin() as session:
             row = await session.get(ToolPolicy, (tenant.id, tool, channel))
             old = row.auto_approve if row else None
@@ -170,8 +186,10 @@ class PolicyRepository:
         """Let ``persona`` act in ``channel_id`` with ``tools`` (``None``: every tool).
 
         Raises:
-            ValueError: ``tools`` is an empty list (remove the zone instead).
+            ValueError: ``tools`` is an empty list (remove the zone instead), or ``channel_id``
+                is not a canonical conversation id.
         """
+        _canonical(channel_id)
         listed = None if tools is None else sorted(set(tools))
         if listed == []:
             raise ValueError("a zone needs at least one tool; use remove_zone to close a channel")
@@ -252,3 +270,12 @@ def _zone(row: ActionZone | None) -> dict[str, Any] | None:
 
 def _zone_tools(tools: list[str] | None) -> dict[str, Any]:
     return {"tools": "all" if tools is None else sorted(tools)}
+def _canonical(channel_id: str) -> str:
+    """``channel_id`` when it is a conversation id as Slack writes it.
+
+    Raises:
+        ValueError: anything else (a name, a person, lower case): it would never match.
+    """
+    if not CONVERSATION_ID.match(channel_id):
+        raise ValueError(f"{channel_id!r} is not a conversation id (C…, G… or D…, upper case)")
+    return channel_id

@@ -177,11 +177,20 @@ class FakeSlack:
 
     def set_channel(
         self, channel_id: str, *, exists: bool = True, is_member: bool = True,
-        is_archived: bool = False,
+        is_archived: bool = False, name: str | None = None, is_private: bool = False,
+        members: list[str] | None = None, user: str | None = None,
     ) -> None:
-        """How ``channel_id`` looks to the bot; unknown channels exist and have the bot in."""
+        """How ``channel_id`` looks to the bot; unknown channels exist and have the bot in.
+
+        ``name`` (default: the id in lower case) is what ``conversations.list`` finds;
+        ``members`` are the people in it (default: every user of the workspace); a ``D…``
+        direct message is the bot's with ``user``. A private channel the bot is not in is
+        invisible to it, as in Slack (``channel_not_found``, not listed).
+        """
         self._channels[channel_id] = {
             "exists": exists, "is_member": is_member, "is_archived": is_archived,
+            "name": name or channel_id.lower(), "is_private": is_private, "members": members,
+            "user": user,
         }
 
     def deactivate(self, team_id: str) -> None:
@@ -362,16 +371,69 @@ class FakeSlack:
         user = w.users.get(params.get("user", ""))
         return {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
 
+    def _visible(self, channel: str) -> dict | None:
+        """The channel's state when the bot can see it (as conversations.* do), else None."""
+        state = self._channels.get(channel, {})
+        hidden = state.get("is_private") and not state.get("is_member", True)
+        return None if not state.get("exists", True) or hidden else state
+
+    def _conversation(self, channel: str, state: dict) -> dict:
+        is_im = channel.startswith("D")
+        conversation = {
+            "id": channel, "name": "" if is_im else state.get("name") or channel.lower(),
+            "is_channel": channel.startswith("C") and not state.get("is_private", False),
+            "is_group": state.get("is_private", False), "is_im": is_im, "is_mpim": False,
+            "is_private": state.get("is_private", False) or is_im,
+            "is_member": state.get("is_member", True),
+            "is_archived": state.get("is_archived", False), "created": 1_700_000_000,
+            "creator": "U0ADMIN", "is_general": False, "is_shared": False,
+            "is_ext_shared": False, "is_org_shared": False, "context_team_id": None,
+        }
+        conversation["name_normalized"] = conversation["name"]
+        if is_im:
+            conversation["user"] = state.get("user")
+        return conversation
+
     def _m_conversations_info(self, w: Workspace, params: dict) -> dict:
         channel = params.get("channel", "")
-        state = self._channels.get(channel, {})
-        if not state.get("exists", True):
+        state = self._visible(channel)
+        if state is None:
             return {"ok": False, "error": "channel_not_found"}
-        return {"ok": True, "channel": {
-            "id": channel, "name": channel.lower(), "is_im": channel.startswith("D"),
-            "is_channel": channel.startswith("C"), "is_member": state.get("is_member", True),
-            "is_archived": state.get("is_archived", False),
-        }}
+        conversation = self._conversation(channel, state)
+        conversation["context_team_id"] = w.team_id
+        return {"ok": True, "channel": conversation}
+
+    def _m_conversations_list(self, w: Workspace, params: dict) -> dict:
+        """Channels set with :meth:`set_channel` that the bot can see, in pages of ``limit``
+        (``response_metadata.next_cursor``, empty on the last page)."""
+        types = set((params.get("types") or "public_channel").split(","))
+        archived_too = str(params.get("exclude_archived", "false")).lower() not in ("1", "true")
+        found = []
+        for channel in sorted(self._channels):
+            state = self._visible(channel)
+            if state is None or (state.get("is_archived") and not archived_too):
+                continue
+            kind = ("im" if channel.startswith("D") else
+                    "private_channel" if state.get("is_private") else "public_channel")
+            if kind in types:
+                conversation = self._conversation(channel, state)
+                conversation["context_team_id"] = w.team_id
+                found.append(conversation)
+        return {"ok": True, **_page(found, params, "channels")}
+
+    def _m_conversations_members(self, w: Workspace, params: dict) -> dict:
+        """The user ids in a conversation the bot can see, paged like conversations.list."""
+        channel = params.get("channel", "")
+        state = self._visible(channel)
+        if state is None:
+            return {"ok": False, "error": "channel_not_found"}
+        if channel.startswith("D"):
+            members = [w.bot_user_id, state.get("user")]
+        elif state.get("members") is not None:
+            members = list(state["members"])
+        else:
+            members = [*w.users, w.bot_user_id]
+        return {"ok": True, **_page([m for m in members if m], params, "members")}
 
     def _m_views_open(self, w: Workspace, params: dict) -> dict:
         trigger_id = params.get("trigger_id", "")
@@ -719,6 +781,17 @@ def _basic(request: web.Request) -> tuple[str, str] | None:
         return None
     user, _, password = base64.b64decode(header[6:]).decode().partition(":")
     return user, password
+
+
+def _page(items: list[Any], params: dict, key: str) -> dict[str, Any]:
+    """One page of ``items`` as Slack's cursor pagination gives it
+    (https://api.slack.com/docs/pagination): opaque ``next_cursor``, empty at the end."""
+    cursor = params.get("cursor") or ""
+    start = int(base64.b64decode(cursor).decode().removeprefix("offset:")) if cursor else 0
+    limit = int(params.get("limit") or 100)
+    end = start + limit
+    following = base64.b64encode(f"offset:{end}".encode()).decode() if end < len(items) else ""
+    return {key: items[start:end], "response_metadata": {"next_cursor": following}}
 
 
 def _json_field(value: Any) -> Any:
