@@ -5,7 +5,7 @@ Grid workspace install is found by team id and enterprise id together, so the re
 both (as briefing subscriptions do). Existing requests take them from the installation store.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-30
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
