@@ -37,7 +37,7 @@ from bot.render import Reply
 from bot.services import Services
 from bot.slack_client import slack_error
 from bot.threads import DM_PREFIX, slack_thread
-from bot.work import ShuttingDown
+from bot.work import UNINSTALLED, ShuttingDown
 from storage.repositories.conversations import OrphanedTurn
 from storage.tenancy import Tenant
 
@@ -148,7 +148,9 @@ class SlackTurns:
         try:
             outcome = await self.services.runtime.run(request)
             reply = _signed(request.persona, render.answer(outcome))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancelled:
+            if cancelled.args == (UNINSTALLED,):
+                raise  # the workspace removed the app: nothing more is said there
             interrupted = Reply(
                 "I was interrupted by a restart before I could answer; please ask again."
             )

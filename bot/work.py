@@ -15,6 +15,9 @@ class ShuttingDown(Exception):
     """Raised by :meth:`InFlight.spawn` once draining has begun."""
 
 
+UNINSTALLED = "uninstalled"  # the cancel message of work stopped by an uninstall
+
+
 class InFlight:
     """A set of background tasks (turns, command replies) with a bounded drain.
 
@@ -47,7 +50,7 @@ class InFlight:
         """Cancel the running tasks spawned for ``tenant``; returns how many."""
         doomed = [task for task, owner in self._tenants.items() if owner == tenant]
         for task in doomed:
-            task.cancel()
+            task.cancel(UNINSTALLED)
         return len(doomed)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
