@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from slack_sdk.oauth.installation_store import Installation
-from slack_sdk.oauth.installation_store.sqlalchemy import AsyncSQLAlchemyInstallationStore
 from sqlalchemy import text
 
 from agents import channels
@@ -26,8 +25,10 @@ from bot.settings import load_settings
 from bot.slack_client import web_client
 from storage import migrate
 from storage.db import create_engine, session_factory
+from storage.installations import EncryptedInstallationStore
 from storage.repositories import Repositories
 from storage.repositories.approvals import State
+from storage.secrets import SecretBox, generate_key
 from storage.tenancy import Tenant
 from tests.e2e import ACME_TOKEN, ALICE, BOB, BOT, SIGNING_SECRET
 from tests.fakes import ToolCall
@@ -38,6 +39,7 @@ ACME = Tenant("T0ACME")
 PROD, OPS, SECRET = "C0PROD123", "C0OPS1234", "G0SECRET1"
 CAROL = "U0CAROL"
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+KEY = generate_key()  # JAMONO_SECRET_KEY: OAuth installs keep their tokens encrypted
 
 
 @pytest.fixture
@@ -287,10 +289,12 @@ async def test_expiry_updates_the_card_of_an_enterprise_grid_workspace(sqlite_ur
     slack.set_oauth_app("111.222", "client-secret")
     services = await _start(
         sqlite_url, llm, slack, SLACK_CLIENT_ID="111.222", SLACK_CLIENT_SECRET="client-secret",
-        SLACK_SIGNING_SECRET=SIGNING_SECRET,
+        SLACK_SIGNING_SECRET=SIGNING_SECRET, JAMONO_SECRET_KEY=KEY,
     )
     try:
-        store = AsyncSQLAlchemyInstallationStore(client_id="111.222", engine=services.engine)
+        store = EncryptedInstallationStore(
+            client_id="111.222", engine=services.engine, box=SecretBox([KEY])
+        )
         await store.async_save(Installation(
             app_id="A0JAMONO", enterprise_id="E0GRID", team_id="T0ACME", user_id=ALICE,
             bot_token=ACME_TOKEN, bot_id="B0NOX", bot_user_id=BOT, bot_scopes="chat:write",
@@ -406,7 +410,7 @@ async def test_requests_open_before_the_upgrade_learn_their_enterprise_id(databa
                     {"id": f"r{number}", "tenant": tenant_id, "user": ALICE, "channel": OPS,
                      "at": T0},
                 )
-        await migrate.upgrade_async(database_url)
+        await migrate.upgrade_async(database_url, secrets=SecretBox([KEY]))  # 0005 encrypts
         repos = Repositories.over(session_factory(engine))
         swept = {a.id: a.tenant for a in await repos.approvals.expire_due(T0 + timedelta(1))}
     finally:
