@@ -68,7 +68,7 @@ async def test_the_form_refuses_bad_input_and_saves_nothing(http, jamono, slack)
     slack.set_channel("C0NOTIN", is_member=False)
     slack.set_channel("C0GONE", exists=False)
     cases = [
-        (values(timezone="Europe/Atlantis"), "timezone", "not a timezone I know"),
+        (values(timezone="Europe/Atlantis"), "timezone", "is not an IANA timezone"),
         (values(schedule="cron 0 25 * * *"), "schedule", "not a valid cron line"),
         (values(schedule="sometimes"), "schedule", "cannot read the schedule"),
         (values(channel="C0NOTIN"), "channel", "I am not in <#C0NOTIN>"),
@@ -144,7 +144,7 @@ async def test_the_cli_adds_lists_and_refuses_like_slack(settings, slack, tmp_pa
         *add, "--channel", "C0OPS", "--schedule", "daily 07:00", "--timezone", "Mars/Base",
         env=settings, cwd=tmp_path,
     )
-    assert code == 2 and "Not saved: `Mars/Base` is not a timezone I know" in err
+    assert code == 2 and "Not saved: `Mars/Base` is not an IANA timezone" in err
     code, _, err = await run_cli(
         *add, "--channel", "C0NOTIN", "--schedule", "daily 07:00", "--timezone", "UTC",
         env=settings, cwd=tmp_path,

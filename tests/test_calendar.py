@@ -168,8 +168,9 @@ def test_a_given_uid_is_kept_and_each_build_gets_its_own_otherwise():
     ("overrides", "message"),
     [
         ({"title": "   "}, "title"),
-        ({"timezone": "Mars/Olympus_Mons"}, "unknown timezone 'Mars/Olympus_Mons'"),
-        ({"timezone": ""}, "unknown timezone"),
+        ({"timezone": "Mars/Olympus_Mons"}, "`Mars/Olympus_Mons` is not an IANA timezone"),
+        ({"timezone": ""}, "is not an IANA timezone"),
+        ({"timezone": "Europe"}, "`Europe` is not an IANA timezone"),
         ({"duration": 0}, "duration must be positive"),
         ({"duration": -30}, "duration must be positive"),
         ({"duration": timedelta(0)}, "duration must be positive"),

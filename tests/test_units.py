@@ -214,7 +214,7 @@ class TestTools:
         assert other["iso"].endswith("+09:00")
 
     async def test_get_time_rejects_unknown_zones(self):
-        with pytest.raises(ToolError, match="unknown timezone 'Mars/Base'"):
+        with pytest.raises(ToolError, match="`Mars/Base` is not an IANA timezone"):
             await GET_TIME.handler(CONTEXT, timezone="Mars/Base")
 
     def test_registry_refuses_duplicates_and_docless_tools(self):

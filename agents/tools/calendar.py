@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import structlog
 from slack_sdk.errors import SlackApiError, SlackRequestError
@@ -22,6 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from agents.connections import Connections, NotConnected, explain
 from agents.tools.registry import Tool, ToolContext, ToolError
+from integrations import timezones
 from integrations.calendar import Person, build_invitation
 from integrations.errors import IntegrationError
 
@@ -34,10 +35,9 @@ _SLACK_TS = re.compile(r"^\d+\.\d+$")
 
 def _zone(name: str) -> ZoneInfo:
     try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ToolError(f"unknown timezone {name!r}; use an IANA name such as Europe/Paris") \
-            from None
+        return timezones.zone(name)
+    except timezones.UnknownTimezone as exc:
+        raise ToolError(str(exc)) from None
 
 
 def when(start: datetime, end: datetime, zone: ZoneInfo) -> str:

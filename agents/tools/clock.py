@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agents.tools.registry import Tool, ToolContext, ToolError
+from integrations import timezones
 
 
 async def get_time(context: ToolContext, timezone: str | None = None) -> dict[str, str]:
@@ -15,11 +15,9 @@ async def get_time(context: ToolContext, timezone: str | None = None) -> dict[st
     """
     name = timezone or context.timezone
     try:
-        zone = ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ToolError(
-            f"unknown timezone {name!r}; use an IANA name such as Europe/Paris"
-        ) from None
+        zone = timezones.zone(name)
+    except timezones.UnknownTimezone as exc:
+        raise ToolError(str(exc)) from None
     now = datetime.now(UTC)
     local = now.astimezone(zone)
     return {

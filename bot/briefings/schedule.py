@@ -28,9 +28,11 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
+
+from integrations import timezones
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")  # crontab: 0 and 7 = Sunday
@@ -183,28 +185,16 @@ def duration_text(delta: timedelta) -> str:
 
 
 @cache
-def _known_zones() -> frozenset[str]:
-    return frozenset(available_timezones())
-
-
 def parse_timezone(name: str) -> ZoneInfo:
-    """``ZoneInfo(name)`` for an IANA name such as ``Europe/Paris``.
-
-    Only names of the IANA database are looked up: ``ZoneInfo`` itself reads any file under
-    its search path, and raises ``IsADirectoryError`` for ``Europe``, ``OSError`` for a very
-    long name, ``ValueError`` for ``../x`` or a NUL byte.
+    """``ZoneInfo`` for an IANA name such as ``Europe/Paris`` (see :mod:`integrations.timezones`).
 
     Raises:
         ScheduleError: the name is not in the IANA database.
     """
-    key = name.strip()
-    if len(key) > MAX_TIMEZONE or key not in _known_zones():
-        shown = key[:MAX_TIMEZONE].encode("unicode_escape").decode("ascii").replace("`", "'")
-        raise ScheduleError(
-            f"`{shown}` is not a timezone I know. Use an IANA name such as `Europe/Paris`, "
-            "`America/New_York` or `UTC`."
-        )
-    return ZoneInfo(key)
+    try:
+        return timezones.zone(name)
+    except timezones.UnknownTimezone as exc:
+        raise ScheduleError(f"{exc}.") from None
 
 
 def parse_schedule(text: str) -> Schedule:

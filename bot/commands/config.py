@@ -28,12 +28,11 @@ anything else (a person, an unknown name) is refused (:func:`agents.channels.res
 
 from __future__ import annotations
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
 from agents import channels, personas
 from agents.personas import Persona
 from bot.commands.base import Invocation
 from bot.render import Reply, escape, section
+from integrations import timezones
 from storage.repositories.policy import ANY_CHANNEL, ActionPolicy
 
 USAGE = (
@@ -276,10 +275,6 @@ def _write_tool(invocation: Invocation, value: str) -> str:
 
 def _timezone(value: str) -> str:
     try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(
-            f"`{value or '(nothing)'}` is not an IANA timezone; "
-            "try Europe/Paris or America/New_York."
-        ) from None
-    return value
+        return timezones.zone(value).key
+    except timezones.UnknownTimezone as exc:
+        raise ConfigError(f"{exc}.") from None

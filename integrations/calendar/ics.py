@@ -13,9 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from icalendar import Calendar, Event, vCalAddress
+
+from integrations import timezones
 
 PRODID = "-//Jamono//Jamono//EN"
 
@@ -141,12 +143,7 @@ def _calendar(event: Event, method: str | None) -> Calendar:
 
 
 def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown timezone {name!r}; use an IANA name such as Europe/Paris"
-        ) from None
+    return timezones.zone(name)  # UnknownTimezone is a ValueError, as callers expect
 
 
 def _localize(start: datetime, zone: ZoneInfo, name: str) -> datetime:
