@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/turn_storage.py
 	$(BIN)/python bench/cross_session.py
 	$(BIN)/python bench/briefings.py
+	$(BIN)/python bench/isolation.py
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -10,6 +10,10 @@ posts mentions at ``--flood-rate`` per second with a healthy Jira (the cost of B
 themselves: model calls, storage, CPU); and while B floods with its Jira on the trickling
 server, each of B's turns waiting until the integration deadline stops its call.
 
+A, the workspace measured, has its turn limits lifted by the operator (``jamono config limit``),
+so every one of its mentions is a real turn. B, the attacker, keeps the default budgets and
+limits (``--b-unlimited`` lifts them too, to measure the thread pools' isolation alone).
+
 Printed, in milliseconds: A's p50 and p99 in each phase, the ratio of the trickle phase's p99
 to the unloaded p99 (target: at most 1.5), and how B's turns ended.
 Run with ``.venv/bin/python bench/isolation.py [--events N] [--flood-rate R]``.
@@ -30,6 +34,7 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agents.budgets import Limit  # noqa: E402
 from bench.turn_overhead import drive, percentile  # noqa: E402
 from storage.db import create_engine, session_factory  # noqa: E402
 from storage.repositories import Repositories  # noqa: E402
@@ -90,6 +95,19 @@ async def flood(http: aiohttp.ClientSession, url: str, slack: FakeSlack, rate: f
     return sent
 
 
+async def lift_turn_limits(database_url: str, team: str) -> None:
+    """The operator's ``jamono config --team T limit NAME 0`` for every per-minute and
+    concurrency limit of ``team`` (0: no limit)."""
+    engine = create_engine(database_url)
+    try:
+        repos = Repositories.over(session_factory(engine))
+        for limit in (Limit.TURNS_PER_MINUTE_USER, Limit.TURNS_PER_MINUTE_WORKSPACE,
+                      Limit.CONCURRENT_TURNS):
+            await repos.budgets.set_override(Tenant(team), limit.value, 0, "bench")
+    finally:
+        await engine.dispose()
+
+
 def summary(latencies: list[float]) -> tuple[float, float]:
     return percentile(latencies, 50), percentile(latencies, 99)
 
@@ -98,6 +116,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100, help="A's mentions per phase")
     parser.add_argument("--in-flight", type=int, default=4, help="A's mentions in flight")
+    parser.add_argument("--b-unlimited", action="store_true",
+                        help="lift B's turn limits too (default: B keeps the default limits)")
     parser.add_argument("--flood-rate", type=float, default=10.0, help="B's mentions per second")
     parser.add_argument("--deadline", type=float, default=2.0,
                         help="JAMONO_INTEGRATION_DEADLINE, seconds")
@@ -128,6 +148,9 @@ async def main() -> None:
                     await install(http, process, slack, GLOBEX, GLOBEX_TOKEN, "code-b")
                 await save_jira(database_url, key, ACME, jira.url, jira)
                 await save_jira(database_url, key, GLOBEX, jira.url, jira)
+                await lift_turn_limits(database_url, ACME)
+                if args.b_unlimited:
+                    await lift_turn_limits(database_url, GLOBEX)
 
                 await drive(url, slack, WARMUP, args.in_flight, "C0WARM")
                 _, alone = await drive(url, slack, args.events, args.in_flight, "C0ALONE")
@@ -164,6 +187,9 @@ async def main() -> None:
     print(f"A's p99 while B floods onto the trickle = {ratio:.2f}x unloaded (target <= 1.5x: "
           f"{'yes' if ratio <= 1.5 else 'NO'}); {l99 / h99:.2f}x its p99 while B floods "
           "with a healthy Jira")
+    limited = sum("limit" in text for text in b_answers)
+    print(f"B's turn limits: {'lifted' if args.b_unlimited else 'the defaults'}; {limited} of "
+          f"B's answers were a limit's refusal")
     print(f"B (trickle phase): {b_sent} mentions at {args.flood_rate:g}/s; {stuck_during} "
           f"connection(s) held on the trickling Jira at the end of A's run; {len(b_answers)} of "
           f"B's turns (both phases) answered before the process stopped (Jira deadline "
