@@ -234,7 +234,9 @@ class AgentRuntime:
         steps = 0
         while True:
             if budget is not None:
-                await budget.check(outcome.usage)
+                # Nothing pending: every earlier call of this turn is stored by now (record()
+                # runs before its tools), and the check already counts what is stored.
+                await budget.check()
             completion = await self._complete(request, [system, *history, *new_messages], specs)
             outcome.usage.append(
                 LLMCallUsage(

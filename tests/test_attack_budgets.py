@@ -201,6 +201,33 @@ async def test_a_tool_loop_stops_when_its_own_calls_use_up_the_budget(sqlite_url
     assert [m.role for m in history] == ["user", "assistant", "tool"]  # a valid history
 
 
+async def test_a_tool_loop_within_the_budget_is_not_refused_for_calls_counted_twice(
+    sqlite_url, llm
+):
+    """Each step is stored as it happens: the check before the next call must not add the
+    stored calls of the turn a second time."""
+
+    def two_rounds(request):
+        rounds = sum(m["role"] == "tool" for m in request["messages"])
+        return [ToolCall("get_time", {})] if rounds < 2 else "it is late"
+
+    llm.script = two_rounds
+    services = await start(sqlite_url, llm)
+    try:
+        now = [datetime.now(UTC)]  # stored usage is timestamped by the database's clock
+        free = await clocked(services, now).run(ask("what time is it?"))
+        spent = sum(u.prompt_tokens + u.completion_tokens for u in free.usage)
+        # Another workspace, which has spent nothing today, with a budget just over the turn.
+        budgeted = await clocked(services, now, tokens_per_day=spent + 50).run(
+            ask("what time is it?", tenant=GLOBEX)
+        )
+    finally:
+        await services.close()
+    assert free.status == "ok" and len(free.usage) == 3
+    assert budgeted.status == "ok", budgeted.text  # refused before its 3rd call when counted twice
+    assert budgeted.text == "it is late"
+
+
 async def test_the_money_budget_counts_each_model_at_its_price(sqlite_url, llm):
     services = await start(
         sqlite_url, llm, JAMONO_USD_PER_DAY=1.0,
