@@ -293,7 +293,9 @@ class JiraClient:
             raise self._from_transport(exc) from None
         except EgressRefused as exc:
             raise JiraRefused(f"Jira at {self.url} was not contacted: {exc}.") from None
-        except ValueError as exc:  # a 2xx body that is not JSON: not Jira's REST API
+        except (ValueError, RecursionError) as exc:
+            # A 2xx body that is not JSON (or nests deeper than the decoder can follow, as a
+            # hostile server's may): not Jira's REST API.
             raise self._not_jira() from exc
 
     async def _in_pool(self, action: str, work: Callable[[], T], *,

@@ -257,6 +257,21 @@ async def test_an_answer_that_is_not_jiras_is_never_echoed(serve, internal, stat
         assert "TOP-SECRET" not in str(failed.value)
 
 
+async def test_a_jira_answer_nested_beyond_the_decoder_is_a_readable_error(serve):
+    """A hostile server's 2xx JSON nested a hundred thousand levels deep: RecursionError
+    escaped the client's error contract (a traceback for tools, a whole briefing failed)."""
+
+    async def deep(request: web.Request) -> web.Response:
+        body = "[" * 100_000 + "]" * 100_000
+        return web.Response(status=200, text=body, content_type="application/json")
+
+    url = await serve(deep)
+    client = JiraClient(CloudCredentials(url, "a@b.c", "t"),
+                        resilience=Resilience(RetryPolicy(attempts=1)))
+    with pytest.raises(JiraError, match="does not look like a Jira site"):
+        await client.check()
+
+
 # -- CalDAV: the URLs the server hands back ---------------------------------------------------
 
 def dav_answer(path: str, home_url: str) -> str:
