@@ -15,7 +15,7 @@ import signal
 import time
 from contextlib import suppress
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qs
 
 import structlog
 from aiohttp import web
@@ -299,7 +299,8 @@ def parse_slack_body(body: str, content_type: str, max_depth: int) -> dict[str, 
     if content_type == "application/json" or body.startswith("{"):
         value = json_limits.loads(body, max_depth)
     else:
-        form = dict(parse_qsl(body, keep_blank_values=True))
+        # Bolt reads the first value of a repeated field: so does this check.
+        form = {name: values[0] for name, values in parse_qs(body, keep_blank_values=True).items()}
         if "payload" in form:
             value = json_limits.loads(form["payload"], max_depth)
         elif "command" in form or "ssl_check" in form:

@@ -127,6 +127,11 @@ def test_oauth_authorize_url_follows_the_api_host():
         ("", "application/json", False),
         ('{"a":' * 65 + "1" + "}" * 65, "application/json", False),
         ("payload=" + "%5B" * 5000, "application/x-www-form-urlencoded", False),
+        # Bolt reads only the first of repeated fields, and so does the check: a deep second
+        # payload is never parsed, a deep first one is refused whatever follows.
+        ("payload=%7B%7D&payload=" + "%5B" * 5000, "application/x-www-form-urlencoded", True),
+        ("payload=" + "%5B" * 5000 + "&payload=%7B%7D", "application/x-www-form-urlencoded",
+         False),
     ],
 )
 def test_parse_slack_body(body, content_type, ok):
