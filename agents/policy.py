@@ -168,7 +168,7 @@ class ActionGate:
             written = tool.acts_in(arguments)
             elsewhere = channels.canonical_id(written)
             if elsewhere is None:
-                return REFUSED, await _not_an_id(context, tool.name, written)
+                return REFUSED, _not_an_id(tool.name)
         verdict = policy.check(persona.name, tool.name, risk, context.channel_id)
         if verdict.allowed and elsewhere and elsewhere != context.channel_id:
             # A rule of the conversation's channel must not let a call act in another one.
@@ -329,17 +329,15 @@ class ActionGate:
         return await invoke(tool, context, approval.arguments, self.tool_timeout)
 
 
-async def _not_an_id(context: ToolContext, tool: str, written: str) -> str:
-    """What the model is told when a tool names its target conversation other than by id: the
-    id when Slack knows the name, so it can call again with it."""
-    hint = "Give the conversation id (C0123…) or a <#C0123|name> reference."
-    try:
-        found = await channels.resolve(context.slack, written)
-    except channels.ChannelError as exc:
-        hint = f"{exc} {hint}"
-    else:
-        hint = f"{written.strip()} is <#{found}>: call `{tool}` again with channel \"{found}\"."
+def _not_an_id(tool: str) -> str:
+    """What the model is told when a tool names its target conversation other than by id.
+
+    The name is not looked up: finding it pages ``conversations.list``, and a model naming
+    channels in a loop would spend the workspace's Slack rate limit. People's messages carry
+    channels as ``<#C0123|name>``, which gives the model the id.
+    """
     return (
-        f"not allowed: `{tool}` needs the target conversation by its id. {hint} Nothing was "
-        "done."
+        f"not allowed: `{tool}` needs the target conversation by its id (C0123…, as in a "
+        "<#C0123|name> reference in the conversation); ask the person which channel if you do "
+        "not have it. Nothing was done."
     )

@@ -182,8 +182,10 @@ async def test_the_model_cannot_sidestep_a_channel_rule_by_naming_the_channel(
     if written == "c0prod123":  # an id in lower case is #prod's id: #prod's rule applies
         (request,) = await services.repos.approvals.pending_for(ACME)
         assert request.target == f"Slack channel <#{PROD}>"
-    if written == "#prod":  # the model learns the id, so its next call meets the #prod rule
-        assert f"#prod is <#{PROD}>" in llm.requests[-1]["messages"][-1]["content"]
+    if written == "#prod":  # the model is told to use the id, which meets the #prod rule
+        assert "needs the target conversation by its id" in (
+            llm.requests[-1]["messages"][-1]["content"]
+        )
 
 
 # Finding 5: approving one's own write to where one is not --------------------------------
