@@ -41,8 +41,10 @@ SUMMARY_LIMIT = 500  # characters of a result kept in the audit trail
 
 
 def new_instance_id() -> str:
-    """A process id unique across hosts and restarts: ``{hostname}-{pid}-{6 hex}``."""
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    """A process id unique across hosts and restarts: ``{hostname}-{pid}-{6 hex}``, at most 64
+    characters (the width of ``turns.owner``: a long host name is cut, its end kept)."""
+    suffix = f"-{os.getpid()}-{secrets.token_hex(3)}"
+    return socket.gethostname()[-(64 - len(suffix)):] + suffix
 
 
 @dataclass(frozen=True)

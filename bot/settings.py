@@ -5,6 +5,7 @@ Values come from the environment, then from a ``.env`` file in the working direc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,7 @@ from pydantic import (
     NonNegativeFloat,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -145,7 +147,9 @@ class Settings(BaseSettings):
     gateway_link_ttl: int = Field(
         3600, ge=60, le=30 * 86400, validation_alias=AliasChoices("JAMONO_GATEWAY_LINK_TTL")
     )
-    instance_id: str | None = Field(None, validation_alias=AliasChoices("JAMONO_INSTANCE_ID"))
+    instance_id: str | None = Field(
+        None, max_length=64, validation_alias=AliasChoices("JAMONO_INSTANCE_ID")
+    )  # 64: the width of turns.owner
 
     # Process
     host: str = "127.0.0.1"
@@ -257,12 +261,14 @@ class Settings(BaseSettings):
 
     @field_validator("llm_prices", "llm_default_price", mode="before")
     @classmethod
-    def _json(cls, value: object) -> object:
+    def _json(cls, value: object, info: ValidationInfo) -> object:
         # Decoded here rather than by pydantic-settings, so bad JSON is reported like any
-        # other bad value (SettingsError), not raised as a traceback.
+        # other bad value (SettingsError), not raised as a traceback. Blank: the default.
         if isinstance(value, str):
+            if not value.strip():
+                return cls.model_fields[info.field_name].get_default(call_default_factory=True)
             try:
-                return json.loads(value) if value.strip() else None
+                return json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON ({exc.msg})") from None
         return value
@@ -384,15 +390,19 @@ class Settings(BaseSettings):
         return frozenset(
             m.strip() for m in self.allowed_models.split(",") if m.strip()
         ) | {self.model}
-    def metrics_enabled(self) -> bool:
-        """``GET /metrics`` is served (on its own port, or on the main one behind the token)."""
-        return self.metrics_port is not None or self.metrics_token is not None
-
     def metrics_problems(self) -> list[str]:
         """Metrics settings that cannot work together (empty when fine)."""
         if self.metrics_port is not None and self.metrics_port == self.port:
             return ["JAMONO_METRICS_PORT must differ from PORT (leave it unset and set "
                     "JAMONO_METRICS_TOKEN to serve /metrics on PORT)"]
+        if (
+            self.metrics_port is not None
+            and self.metrics_token is None
+            and not _loopback(self.metrics_host)
+        ):
+            # The figures name every workspace and its spend: off this host, only with a token.
+            return [f"JAMONO_METRICS_HOST={self.metrics_host} serves /metrics beyond this "
+                    "machine: set JAMONO_METRICS_TOKEN too (scrapers send it as a bearer token)"]
         return []
 
     @property
@@ -481,6 +491,15 @@ class Settings(BaseSettings):
         if self.oauth_enabled and not self.slack_signing_secret:
             problems.append("SLACK_SIGNING_SECRET is needed with OAuth install (HTTP endpoints)")
         return problems
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(Exception):

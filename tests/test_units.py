@@ -51,6 +51,28 @@ class TestSettings:
             assert name in text
         assert "secret-value" not in text
 
+    def test_blank_json_settings_take_their_defaults(self):
+        s = settings(JAMONO_LLM_PRICES=" ", JAMONO_LLM_DEFAULT_PRICE="")
+        assert s.llm_prices == {} and s.llm_default_price == (10.0, 30.0)
+
+    @pytest.mark.parametrize(
+        "values, problem",
+        [
+            ({"JAMONO_INSTANCE_ID": "x" * 65}, "JAMONO_INSTANCE_ID"),  # wider than turns.owner
+            (  # the figures name every workspace and its spend: not open beyond the host
+                {"JAMONO_METRICS_PORT": "9464", "JAMONO_METRICS_HOST": "0.0.0.0"},
+                "set JAMONO_METRICS_TOKEN too",
+            ),
+        ],
+    )
+    def test_unsafe_process_settings_are_refused(self, values, problem):
+        with pytest.raises(SettingsError) as caught:
+            settings(**values)
+        assert problem in "\n".join(caught.value.problems)
+
+    def test_metrics_on_loopback_need_no_token(self):
+        assert settings(JAMONO_METRICS_PORT="9464").metrics_port == 9464
+
     @pytest.mark.parametrize(
         "values, problem",
         [
