@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import structlog
+
 from agents.budgets import Budgets, SpendReport
 from agents.llm import LLMClient
 from agents.personas import Persona
@@ -19,6 +21,8 @@ HealthCheck = Callable[[], Awaitable[str]]
 
 WorkspaceCheck = Callable[[Tenant], Awaitable[str]]
 """A :data:`HealthCheck` whose answer depends on the workspace (its own credentials)."""
+
+log = structlog.get_logger(__name__)
 
 CHECK_TIMEOUT = 3.0  # seconds; /nox-status must answer well within Slack's patience
 
@@ -33,7 +37,7 @@ class PersonaStatus:
     uptime_seconds: float
     version: str
     last_error: LastError | None
-    budget: SpendReport
+    budget: SpendReport | str  # the figures, or why they could not be read
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,11 +48,15 @@ class PersonaStatus:
             "integrations": self.integrations,
             "uptime_seconds": round(self.uptime_seconds),
             "version": self.version,
-            "llm_usage_today": {
-                "tokens": self.budget.tokens_today,
-                "usd": round(self.budget.usd_today, 4),
-                "limits": asdict(self.budget.limits),
-            },
+            "llm_usage_today": (
+                {
+                    "tokens": self.budget.tokens_today,
+                    "usd": round(self.budget.usd_today, 4),
+                    "limits": asdict(self.budget.limits),
+                }
+                if isinstance(self.budget, SpendReport)
+                else f"unavailable: {self.budget}"
+            ),
             "last_error": (
                 {
                     "at": self.last_error.at.isoformat(timespec="seconds"),
@@ -96,7 +104,7 @@ class StatusBoard:
             self._llm_state(),
             asyncio.gather(*(_run_check(check(tenant)) for check in self._checks.values())),
             self._metrics.last_error(tenant, persona.name),
-            self.budgets.report(tenant, user_id),
+            self._budget(tenant, user_id),
         )
         return PersonaStatus(
             persona=persona,
@@ -109,6 +117,15 @@ class StatusBoard:
             last_error=last_error,
             budget=budget,
         )
+
+    async def _budget(self, tenant: Tenant, user_id: str | None) -> SpendReport | str:
+        # The usage figures come from the database and Redis: when either fails, the status
+        # still answers, and its checks say which.
+        try:
+            return await self.budgets.report(tenant, user_id)
+        except Exception as exc:
+            log.warning("status_budget_unavailable", tenant=tenant.id, error=repr(exc))
+            return type(exc).__name__
 
     async def _llm_state(self) -> tuple[bool, str]:
         if self._llm is None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
 
 from agents import personas
@@ -359,6 +360,19 @@ async def test_only_the_operator_changes_a_workspace_budget(tmp_path, llm):
         "config", "--team", ACME, "limit", "tokens_per_day", "default", env=env, cwd=tmp_path
     )
     assert code == 0 and "tokens_per_day = 2000000 (default)" in out
+
+
+async def test_status_answers_when_the_usage_figures_cannot_be_read(sqlite_url, llm):
+    """/nox-status is how people learn that a store fails: it must not fail with it."""
+    services = await start(sqlite_url, llm)
+    try:
+        async with services.engine.begin() as connection:
+            await connection.execute(sa.text("DROP TABLE llm_usage"))
+        status = await command(services, "/nox-status", "")
+    finally:
+        await services.close()
+    assert "*LLM usage today:* unavailable (OperationalError)" in status
+    assert "*Integrations:*" in status
 
 
 # Across replicas (Redis) ----------------------------------------------------------------------

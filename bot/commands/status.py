@@ -46,8 +46,10 @@ async def run(invocation: Invocation) -> Reply:
     return Reply(text=f"{persona.display_name} status\n{text}", blocks=blocks)
 
 
-def _budget(report: SpendReport) -> str:
+def _budget(report: SpendReport | str) -> str:
     """Today's LLM usage against the daily budgets, and the limits in force."""
+    if not isinstance(report, SpendReport):
+        return f"*LLM usage today:* unavailable ({report}); see the checks above"
     limits = report.limits
     tokens = f"{report.tokens_today:,} of " + (
         f"{limits.tokens_per_day:,} tokens" if limits.tokens_per_day else "unlimited tokens"
