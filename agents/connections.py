@@ -18,6 +18,7 @@ Stored settings (encrypted by the credentials repository), by integration:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,6 +60,7 @@ LABELS = {"jira": "Jira", "calendar": "Calendar"}
 _KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's kinds
 T = TypeVar("T")
 
+HEALTH_TTL = 30.0  # seconds a live health check is reused
 TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
 
 SECRET_KEY_HINT = (
@@ -224,6 +226,10 @@ class Connections:
             integration: limits.pool(integration) for integration in INTEGRATIONS}
         self._jira: dict[str, JiraClient] = {}
         self._calendars: dict[str, WorkspaceCalendar] = {}
+        # Live health checks, reused for HEALTH_TTL seconds: keyed by the credentials too, so
+        # new ones are checked at once. /nox-status is open to every member, and each check
+        # takes a pool thread of the workspace's share.
+        self._checked: dict[tuple[str, Integration], tuple[float, object, Health]] = {}
 
     def close(self) -> None:
         """Stop the thread pools (running calls end at their deadlines)."""
@@ -308,11 +314,18 @@ class Connections:
         known = self.resilience.health(tenant.id, integration)
         if known.state == "circuit open":
             return known
+        key, now = (tenant.id, integration), time.monotonic()
+        checked_at, checked_with, health = self._checked.get(key, (0.0, None, None))
+        if health is not None and checked_with == credentials and now - checked_at < HEALTH_TTL:
+            return health
         try:
             await self._test(tenant, integration, credentials, self.timeout)
         except IntegrationError as exc:
-            return Health("failing", str(exc))
-        return Health("ok")
+            health = Health("failing", str(exc))
+        else:
+            health = Health("ok")
+        self._checked[key] = (now, credentials, health)
+        return health
 
     # -- connecting ---------------------------------------------------------------------------
 

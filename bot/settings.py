@@ -83,7 +83,7 @@ class Settings(BaseSettings):
     # overall deadline in seconds of one outside call, waiting for a thread included).
     egress_allow: str = Field("", validation_alias=AliasChoices("JAMONO_EGRESS_ALLOW"))
     integration_threads: int = Field(
-        16, ge=1, le=256, validation_alias=AliasChoices("JAMONO_INTEGRATION_THREADS")
+        64, ge=1, le=256, validation_alias=AliasChoices("JAMONO_INTEGRATION_THREADS")
     )
     integration_workspace_threads: int = Field(
         4, ge=1, le=256, validation_alias=AliasChoices("JAMONO_INTEGRATION_WORKSPACE_THREADS")

@@ -112,7 +112,7 @@ class PoolLimits:
     them for one workspace, ``deadline`` seconds per call (settings
     ``JAMONO_INTEGRATION_THREADS``, ``…_WORKSPACE_THREADS``, ``…_DEADLINE``)."""
 
-    threads: int = 16
+    threads: int = 64
     per_workspace: int = 4
     deadline: float = 20.0
 

@@ -213,3 +213,16 @@ async def test_a_workspace_waits_for_its_own_share_while_others_run():
     finally:
         release.set()
         pool.close()
+
+
+async def test_status_checks_cannot_keep_a_workspaces_share_busy(services):
+    """/nox-status is open to every member and its check calls Jira live: repeated within
+    HEALTH_TTL, it reuses the last answer, so spamming it takes no more pool threads."""
+    async with FakeJira("cloud") as fake:
+        await save_jira(services, A, fake.url, fake)
+        first = [await services.connections.health(A, "jira") for _ in range(5)]
+        checks = len(fake.requests_to("GET", "/rest/api/2/serverInfo"))
+        await save_jira(services, A, fake.url + "/", fake)  # new credentials: checked at once
+        await services.connections.health(A, "jira")
+        assert len(fake.requests_to("GET", "/rest/api/2/serverInfo")) > checks
+    assert [str(h) for h in first] == ["ok"] * 5 and checks == 1
