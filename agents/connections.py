@@ -36,7 +36,7 @@ from integrations.calendar import (
     CalendarUnavailable,
     StoredEvent,
 )
-from integrations.egress import EgressPolicy, EgressRefused, check_url, describe_url
+from integrations.egress import EgressPolicy, EgressRefused, check_url
 from integrations.errors import IntegrationError
 from integrations.jira import (
     CloudCredentials,
@@ -49,7 +49,7 @@ from integrations.jira import (
 from integrations.pools import IntegrationPool, PoolLimits
 from integrations.resilience import Health, Resilience
 from storage.repositories.credentials import CredentialRepository, MissingSecretKey
-from storage.secrets import SecretsError, mask
+from storage.secrets import SecretsError, mask, without_userinfo
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
@@ -208,13 +208,15 @@ class Connections:
     ``egress`` decides which addresses may be reached: with many workspaces their admins are
     outside parties, so the process passes a policy refusing private addresses (the default
     here trusts the URLs, as for the operator's own single workspace). ``limits`` sizes the
-    Jira and calendar thread pools; :meth:`close` stops them.
+    Jira and calendar thread pools; :meth:`close` stops them. A live health check is reused
+    for :data:`HEALTH_TTL` seconds of ``clock``.
     """
 
     def __init__(self, credentials: CredentialRepository, resilience: Resilience, *,
                  defaults: Defaults, timeout: float, can_store: bool,
                  egress: EgressPolicy | None = None,
-                 limits: PoolLimits | None = None) -> None:
+                 limits: PoolLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._credentials = credentials
         self.resilience = resilience
         self.defaults = defaults
@@ -230,6 +232,7 @@ class Connections:
         # new ones are checked at once. /nox-status is open to every member, and each check
         # takes a pool thread of the workspace's share.
         self._checked: dict[tuple[str, Integration], tuple[float, object, Health]] = {}
+        self.clock = clock  # seconds, monotonic: the age of a health check
 
     def close(self) -> None:
         """Stop the thread pools (running calls end at their deadlines)."""
@@ -314,7 +317,7 @@ class Connections:
         known = self.resilience.health(tenant.id, integration)
         if known.state == "circuit open":
             return known
-        key, now = (tenant.id, integration), time.monotonic()
+        key, now = (tenant.id, integration), self.clock()
         checked_at, checked_with, health = self._checked.get(key, (0.0, None, None))
         if health is not None and checked_with == credentials and now - checked_at < HEALTH_TTL:
             return health
@@ -358,6 +361,7 @@ class Connections:
         except MissingSecretKey:
             raise ConnectionFailed({"url": SECRET_KEY_HINT}) from None
         self.resilience.forget(tenant.id, integration)
+        self._checked.pop((tenant.id, integration), None)  # just tested: check afresh
         log.info("integration_connected", tenant=tenant.id, integration=integration,
                  url=credentials.url if integration == "jira" else credentials.server)
         return f"{describe_credentials(credentials)} — tested: {found}."
@@ -367,6 +371,7 @@ class Connections:
         """Delete the workspace's stored credentials; ``True`` when there were some."""
         removed = await self._credentials.delete(tenant, _KIND[integration], actor)
         self.resilience.forget(tenant.id, integration)
+        self._checked.pop((tenant.id, integration), None)  # just tested: check afresh
         return removed
 
     async def describe(self, tenant: Tenant) -> list[str]:
@@ -379,8 +384,8 @@ class Connections:
             if info is not None:
                 who = f" by <@{info.updated_by}>" if info.updated_by else ""
                 account = f" as {info.account}" if info.account else ""
-                # describe_url: rows saved before user information in URLs was refused.
-                lines.append(f"{LABELS[integration]}: {describe_url(info.url)}{account} "
+                # without_userinfo: rows saved before user information in URLs was refused.
+                lines.append(f"{LABELS[integration]}: {without_userinfo(info.url)}{account} "
                              "(secret ••••; saved "
                              f"{info.updated_at:%Y-%m-%d %H:%M} UTC{who})")
             elif default is not None:

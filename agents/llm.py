@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletion
+
+from storage.secrets import without_userinfo
 
 NOT_CONFIGURED_HINT = (
     "No language model is configured, so I can only run slash commands. An operator can set "
@@ -72,9 +74,8 @@ class LLMClient:
             max_retries=max_retries,
         )
         # Shown to users in error messages: without credentials in its userinfo or query.
-        parts = urlsplit(str(self._client.base_url))
-        netloc = parts.netloc.rpartition("@")[2]
-        self.endpoint = urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
+        parts = urlsplit(without_userinfo(str(self._client.base_url)))
+        self.endpoint = parts._replace(query="", fragment="").geturl().rstrip("/")
         self.timeout = timeout
 
     async def complete(

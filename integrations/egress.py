@@ -231,14 +231,6 @@ class EgressPolicy:
         return session
 
 
-def describe_url(url: str) -> str:
-    """``url`` without any user information, fit for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
-
-
 def _default_port(scheme: str) -> int:
     return 443 if scheme == "https" else 80
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -46,6 +47,15 @@ def parse_keys(value: str, setting: str = "JAMONO_SECRET_KEY") -> list[str]:
                 "(32 url-safe base64-encoded bytes, 44 characters)"
             ) from None
     return keys
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@`` (RFC 3986 §3.2.1 userinfo), fit to show, log or
+    store in clear."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def generate_key() -> str:

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from cryptography.fernet import Fernet
 
+from agents.connections import HEALTH_TTL
 from bot.commands import CommandRequest, CommandRouter
 from bot.services import Services
 from bot.settings import load_settings
@@ -224,6 +225,9 @@ async def test_status_lists_each_integration_per_workspace(sqlite_url, jira, rad
         assert "• jira: not configured" in other  # credentials are per workspace
 
         jira.api_token = "revoked"  # the token was revoked in Jira
+        assert "• jira: ok" in await command(services, "/nox-status")  # checked just now
+        later = services.connections.clock() + HEALTH_TTL
+        services.connections.clock = lambda: later
         status = await command(services, "/nox-status")
         assert "• jira: failing: Jira rejected the credentials (HTTP 401)" in status
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
+import json
 import sqlite3
 import ssl
 
 import pytest
 import pytest_asyncio
+import sqlalchemy as sa
 from aiohttp import web
 from cryptography import x509
 from cryptography.fernet import Fernet
@@ -33,6 +35,11 @@ from integrations.egress import EgressPolicy, EgressRefused, check_url, parse_ne
 from integrations.errors import IntegrationError
 from integrations.jira import CloudCredentials, JiraClient, JiraError, JiraRefused
 from integrations.resilience import Resilience, RetryPolicy
+from storage import migrate
+from storage.db import create_engine, session_factory
+from storage.models import AuditEvent, Credential
+from storage.repositories import Repositories
+from storage.secrets import SecretBox, generate_key
 from storage.tenancy import Tenant
 from tests.fakes.jira import FakeJira
 
@@ -340,6 +347,33 @@ async def test_a_url_with_a_password_saved_before_the_fix_is_never_shown(service
     assert "must not hold a user name or password" in str(refused.value)
     assert "/nox-connect calendar" in str(refused.value)
     assert "urlpass" not in str(refused.value)
+
+
+async def test_passwords_in_urls_saved_before_the_fix_are_scrubbed_by_the_upgrade(database_url):
+    """Migration 0009: the clear ``credentials.url`` and the audit trail (shown by /nox-audit,
+    exported by jamono audit export) lose the ``user:password@`` of rows saved before."""
+    await migrate.upgrade_async(database_url, "0008")
+    engine = create_engine(database_url)
+    url = "https://bob:urlpass@cal.example.com/dav/"
+    try:
+        repos = Repositories.over(session_factory(engine), SecretBox([generate_key()]))
+        await repos.credentials.save(
+            TENANT, "caldav", {"url": url, "username": "alice", "password": "p",
+                               "calendar": "Incidents"}, "U1", url=url, account="alice")
+        async with engine.begin() as connection:  # as the audit trail kept it before 0009
+            await connection.execute(
+                sa.insert(AuditEvent).values(tenant_id=TENANT.id, kind="credentials_saved",
+                                             actor="U1", subject="caldav",
+                                             details={"url": url, "account": "alice"})
+            )
+        await migrate.upgrade_async(database_url)
+        async with engine.connect() as connection:
+            stored = (await connection.execute(sa.select(Credential.url))).scalars().all()
+            trail = (await connection.execute(sa.select(AuditEvent.details))).scalars().all()
+    finally:
+        await engine.dispose()
+    assert stored == ["https://cal.example.com/dav/"]
+    assert "urlpass" not in json.dumps(trail) and "cal.example.com/dav/" in json.dumps(trail)
 
 
 @pytest.mark.parametrize("variable", ["JIRA_URL", "CALDAV_URL"])

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,7 +19,7 @@ from storage.models import Credential, utcnow
 from storage.repositories import events
 from storage.repositories._time import aware
 from storage.repositories._upsert import insert_for
-from storage.secrets import SecretBox, SecretsError, UndecryptableSecret
+from storage.secrets import SecretBox, SecretsError, UndecryptableSecret, without_userinfo
 from storage.tenancy import Tenant
 
 Kind = Literal["jira", "caldav"]
@@ -228,10 +227,7 @@ class CredentialRepository:
 
 def _shown(url: str, account: str | None) -> dict[str, str | None]:
     """Connection settings as the audit trail keeps them: a URL without any ``user:password@``."""
-    parts = urlsplit(url)
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc=parts.netloc.rpartition("@")[2])
-    return {"url": urlunsplit(parts), "account": account}
+    return {"url": without_userinfo(url), "account": account}
 
 
 def _check_kind(kind: str) -> None:
