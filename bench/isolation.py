@@ -48,12 +48,13 @@ from tests.e2e import (  # noqa: E402
     GLOBEX,
     GLOBEX_TOKEN,
     SIGNING_SECRET,
+    oauth_settings,
 )
 from tests.fakes import FakeLLM, FakeSlack, ToolCall, post_event  # noqa: E402
 from tests.fakes.jira import FakeJira  # noqa: E402
 from tests.fakes.trickle import TrickleServer  # noqa: E402
 from tests.process import JamonoProcess, free_port  # noqa: E402
-from tests.test_e2e_oauth import CLIENT_ID, CLIENT_SECRET, install  # noqa: E402
+from tests.test_e2e_oauth import install  # noqa: E402
 
 WARMUP = 10
 
@@ -127,14 +128,9 @@ async def main() -> None:
     async with (FakeSlack() as slack, FakeLLM() as llm, FakeJira("cloud") as jira,
                 TrickleServer(interval=1.0) as trickle):
         llm.script = script
-        slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
         with tempfile.TemporaryDirectory() as workdir:
             database_url = f"sqlite+aiosqlite:///{workdir}/bench.db"
-            process = JamonoProcess({
-                "DATABASE_URL": database_url, "SLACK_API_URL": slack.api_url,
-                "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET, "OPENAI_BASE_URL": llm.base_url,
-                "OPENAI_API_KEY": "sk-bench", "JAMONO_MODEL": "fake-model",
+            process = JamonoProcess(oauth_settings(slack, llm, database_url) | {
                 "JAMONO_SECRET_KEY": key, "LOG_LEVEL": "WARNING", "JAMONO_SHUTDOWN_GRACE": "2",
                 # The fakes listen on loopback, which OAuth install refuses otherwise.
                 "JAMONO_EGRESS_ALLOW": "127.0.0.1/32",

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, BOT
 from tests.fakes import FakeLLM, FakeSlack
+from tests.fakes.jira import FakeJira
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "JAMONO_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -111,6 +112,13 @@ async def slack():
         fake.add_workspace(ACME, ACME_TOKEN, BOT, "Acme")
         fake.add_user(ACME, ALICE, "alice", "alice@acme.test", is_admin=True)
         fake.add_user(ACME, BOB, "bob", "bob@acme.test")
+        yield fake
+
+
+@pytest.fixture
+async def jira():
+    """A fake Jira Data Center (personal access token); tests needing Cloud define their own."""
+    async with FakeJira("datacenter") as fake:
         yield fake
 
 

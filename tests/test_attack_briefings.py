@@ -24,8 +24,7 @@ from bot.briefings.manage import (
 )
 from bot.commands import CommandRequest, CommandRouter
 from bot.slack_client import is_workspace_admin
-from tests.e2e import ACME, ALICE, BOB, SIGNING_SECRET
-from tests.fakes import post_event
+from tests.e2e import ALICE, BOB, home_tab
 from tests.test_briefings_delivery import TENANT, posts, section_texts, start_services
 from tests.test_briefings_slack import jamono, open_form, settings, submit, values  # noqa: F401
 
@@ -299,14 +298,7 @@ async def test_the_form_answers_every_bad_input_and_home_lists_only_ones_own(
     assert "Only workspace admins" in answer["errors"]["sections"]
     assert await submit(http, jamono, slack, view, values(channel="G0SECRET")) == {}
 
-    event = {"type": "app_home_opened", "user": BOB, "channel": "D0BOB", "tab": "home",
-             "event_ts": slack.new_ts()}
-    status, _ = await post_event(http, jamono.url + "/slack/events", SIGNING_SECRET,
-                                 slack.event_callback(ACME, event))
-    assert status == 200
-    [home] = await slack.wait_for("views.publish")
-    home_view = home.params["view"]
-    home_text = home_view if isinstance(home_view, str) else json.dumps(home_view)
+    home_text = await home_tab(http, jamono, slack, BOB)
     assert "G0SECRET" not in home_text and "1 more by others" in home_text
 
 

@@ -5,7 +5,6 @@ a member reads the trail; a workspace exports the trail hoping to see another's;
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -20,8 +19,7 @@ from storage.repositories.audit import Cursor
 from storage.secrets import SecretBox, generate_key
 from storage.tenancy import Tenant
 from tests.e2e import ACME as ACME_ID
-from tests.e2e import ACME_TOKEN, ALICE, BOB, SIGNING_SECRET, base_settings, started
-from tests.fakes import post_form
+from tests.e2e import ALICE, BOB, bot_token_settings, slash_command, started
 from tests.test_cli import jamono as jamono_cli
 
 ACME = Tenant(team_id=ACME_ID)
@@ -221,19 +219,6 @@ async def test_export_prints_json_lines_of_that_workspace_only(engine, database_
 # /nox-audit in Slack: admins only, ephemeral, paged ---------------------------------------
 
 
-async def audit_command(http, process, slack, text, user):
-    fields = slack.slash_command_payload(ACME_ID, user, "C0OPS", "/nox-audit", text)
-    status, _ = await post_form(http, process.url + "/slack/events", SIGNING_SECRET, fields)
-    assert status == 200
-    url_id = fields["response_url"].rsplit("/", 1)[1]
-    for _ in range(200):
-        for posted_id, body in slack.responses:
-            if posted_id == url_id:
-                return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no answer to /nox-audit {text}")
-
-
 async def test_nox_audit_is_for_admins_and_pages_with_a_next_command(
     http, slack, llm, sqlite_url, tmp_path
 ):
@@ -244,24 +229,23 @@ async def test_nox_audit_is_for_admins_and_pages_with_a_next_command(
         await seed(engine, GLOBEX, datetime.now(UTC) - timedelta(hours=1), 4, actor="U0EVE")
     finally:
         await engine.dispose()
-    process = await started(base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET}, tmp_path)
+    process = await started(bot_token_settings(slack, llm, sqlite_url), tmp_path)
     try:
-        refused = await audit_command(http, process, slack, "", BOB)
+        refused = await slash_command(http, process, slack, "/nox-audit", "", user=BOB)
         assert refused["response_type"] == "ephemeral"
         assert "Only workspace admins" in refused["text"] and "persona_changed" not in str(refused)
 
-        first = await audit_command(http, process, slack, "24h", ALICE)
+        first = await slash_command(http, process, slack, "/nox-audit", "24h", user=ALICE)
         assert first["response_type"] == "ephemeral"
         assert first["text"].count("\n• ") == 15 and "U0EVE" not in first["text"]
         more = first["text"].rsplit("More: `/nox-audit ", 1)[1].split("`")[0]
-        second = await audit_command(http, process, slack, more, ALICE)
+        second = await slash_command(http, process, slack, "/nox-audit", more, user=ALICE)
         assert second["text"].count("\n• ") == 5 and "End of the trail." in second["text"]
         lines = [line for page in (first, second) for line in page["text"].splitlines()
                  if line.startswith("• ")]
         assert len(set(lines)) == 20
 
-        bad = await audit_command(http, process, slack, "someday!", ALICE)
+        bad = await slash_command(http, process, slack, "/nox-audit", "someday!", user=ALICE)
         assert "Usage: `/nox-audit" in bad["text"]
     finally:
         assert await process.stop() == 0, process.output

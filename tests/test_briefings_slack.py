@@ -6,18 +6,15 @@ import json
 
 import pytest
 
-from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, SIGNING_SECRET, base_settings, started
-from tests.fakes import post_event, post_form
+from tests.e2e import ACME, ALICE, BOB, SIGNING_SECRET, bot_token_settings, home_tab, started
+from tests.fakes import post_form
 from tests.test_cli import jamono as run_cli
 from tests.test_e2e_http import command
 
 
 @pytest.fixture
 def settings(slack, llm, sqlite_url):
-    return base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-    }
+    return bot_token_settings(slack, llm, sqlite_url)
 
 
 @pytest.fixture
@@ -120,15 +117,7 @@ async def test_a_briefing_from_the_form_is_listed_posted_paused_and_removed(
     resumed = await command(http, jamono, slack, "/nox-brief", "resume 1")
     assert "running again" in resumed["text"]
 
-    event = {"type": "app_home_opened", "user": ALICE, "channel": "D0ALICE", "tab": "home",
-             "event_ts": slack.new_ts()}
-    status, _ = await post_event(http, jamono.url + "/slack/events", SIGNING_SECRET,
-                                 slack.event_callback(ACME, event))
-    assert status == 200
-    [home] = await slack.wait_for("views.publish")
-    home_view = home.params["view"]
-    home_view = json.loads(home_view) if isinstance(home_view, str) else home_view
-    home_text = json.dumps(home_view)
+    home_text = await home_tab(http, jamono, slack, ALICE)
     assert "*Briefings*" in home_text and "<#C0OPS>" in home_text and "_next " in home_text
 
     removed = await command(http, jamono, slack, "/nox-brief", "remove 1")

@@ -14,18 +14,16 @@ import pytest
 from integrations.resilience import BreakerPolicy, Failure, Resilience, RetryPolicy
 from tests.e2e import (
     ACME,
-    ACME_TOKEN,
     ALICE,
     BOB,
     BOT,
     GLOBEX,
     GLOBEX_TOKEN,
     SIGNING_SECRET,
-    base_settings,
+    bot_token_settings,
     started,
 )
 from tests.fakes import ToolCall, post_event, post_form
-from tests.fakes.jira import FakeJira
 from tests.fakes.slack import APP_ID
 from tests.test_e2e_http import command
 from tests.test_metrics import TOKEN, figures, get, value
@@ -41,17 +39,10 @@ def search_script(request):
 
 
 @pytest.fixture
-async def jira():
-    async with FakeJira("datacenter") as fake:
-        yield fake
-
-
-@pytest.fixture
 async def jamono(slack, llm, jira, sqlite_url, tmp_path):
     llm.script = search_script
     slack.add_workspace(GLOBEX, GLOBEX_TOKEN, BOT, "Globex")
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+    settings = bot_token_settings(slack, llm, sqlite_url) | {
         "JIRA_URL": jira.url, "JIRA_PAT": jira.pat, "JAMONO_METRICS_TOKEN": TOKEN,
     }
     process = await started(settings, tmp_path)

@@ -8,18 +8,16 @@ import pytest
 
 from tests.e2e import (
     ACME,
-    ACME_TOKEN,
     ALICE,
     BOB,
     SIGNING_SECRET,
     approval_id,
-    base_settings,
+    bot_token_settings,
     click,
     has_buttons,
     started,
 )
 from tests.fakes import ToolCall
-from tests.fakes.jira import FakeJira
 from tests.fakes.signing import post_form
 from tests.test_e2e_http import mention
 
@@ -36,16 +34,9 @@ def ticket_script(request):
 
 
 @pytest.fixture
-async def jira():
-    async with FakeJira("datacenter") as fake:
-        yield fake
-
-
-@pytest.fixture
 async def jamono(slack, llm, jira, sqlite_url, tmp_path):
     llm.script = ticket_script
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+    settings = bot_token_settings(slack, llm, sqlite_url) | {
         "JIRA_URL": jira.url, "JIRA_PAT": jira.pat,
     }
     process = await started(settings, tmp_path)

@@ -9,33 +9,23 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from integrations.cross_session import TokenVerifier
-from storage.secrets import generate_key
 from tests.cross_session_support import SECRET
 from tests.e2e import (
     ACME,
     ACME_TOKEN,
     ALICE,
     BOT,
+    CLIENT_ID,
     GLOBEX,
     GLOBEX_TOKEN,
     SIGNING_SECRET,
-    base_settings,
+    oauth_settings,
+    slash_command,
     started,
 )
-from tests.fakes import post_event, post_form
+from tests.fakes import post_event
 
-CLIENT_ID, CLIENT_SECRET = "1111.2222", "oauth-client-secret"
 CAROL = "U0CAROL"
-
-
-def oauth_settings(slack, llm, database_url: str) -> dict[str, str]:
-    """Settings of a process serving OAuth installs from ``slack`` (the fake knows the app)."""
-    slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
-    return base_settings(slack, llm, database_url) | {
-        "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JAMONO_GATEWAY_SECRET": SECRET,
-        "JAMONO_SECRET_KEY": generate_key(),
-    }
 
 
 @pytest.fixture
@@ -74,11 +64,8 @@ async def mention(http, jamono, slack, team_id, text, ts, channel="C0SHARED", th
 
 
 async def command(http, jamono, slack, team_id, name, text=""):
-    fields = slack.slash_command_payload(team_id, ALICE, "C0SHARED", name, text)
-    await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields)
-    url_id = fields["response_url"].rsplit("/", 1)[1]
-    await slack.wait_for_response(lambda body: any(i == url_id for i, _ in slack.responses))
-    return next(body for i, body in slack.responses if i == url_id)["text"]
+    answer = await slash_command(http, jamono, slack, name, text, team=team_id, channel="C0SHARED")
+    return answer["text"]
 
 
 async def test_install_then_each_team_is_answered_with_its_own_token(http, jamono, slack):

@@ -6,20 +6,15 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from tests.e2e import ACME, ACME_TOKEN, ALICE, BOT, SIGNING_SECRET, base_settings, started
+from tests.e2e import ACME, ALICE, BOT, SIGNING_SECRET, bot_token_settings, replicas
 from tests.fakes import post_event
 
 
 async def test_an_event_delivered_to_two_replicas_is_answered_once(
     http, slack, llm, sqlite_url, redis_url, tmp_path
 ):
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "REDIS_URL": redis_url,
-    }
-    first = await started(settings, tmp_path)
-    second = await started(settings, tmp_path)
-    try:
+    settings = bot_token_settings(slack, llm, sqlite_url) | {"REDIS_URL": redis_url}
+    async with replicas(settings, tmp_path) as (first, second):
         for n in range(5):
             event = slack.app_mention_event(ALICE, "C0OPS", f"<@{BOT}> question {n}")
             body = slack.event_callback(ACME, event)
@@ -47,6 +42,3 @@ async def test_an_event_delivered_to_two_replicas_is_answered_once(
                 break
             await asyncio.sleep(0.05)
         assert dropped == 5
-    finally:
-        assert await first.stop() == 0
-        assert await second.stop() == 0

@@ -16,9 +16,19 @@ from agents.llm import LLMClient
 from bot.logs import REDACTED, RedactingFilter, Redactor, redacting_handler
 from bot.settings import load_settings
 from storage.secrets import generate_key
-from tests.e2e import ACME, ACME_TOKEN, ALICE, GLOBEX, GLOBEX_TOKEN, SIGNING_SECRET, started
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    CLIENT_SECRET,
+    GLOBEX,
+    GLOBEX_TOKEN,
+    SIGNING_SECRET,
+    oauth_settings,
+    started,
+)
 from tests.process import free_port
-from tests.test_e2e_oauth import CLIENT_SECRET, command, install, mention, oauth_settings
+from tests.test_e2e_oauth import command, install, mention
 
 JWT = (
     "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJVMEFMSUNFIiwidGVhbSI6IlQwQUNNRSJ9."

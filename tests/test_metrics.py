@@ -30,9 +30,8 @@ from tests.cross_session_support import (
     wait_until,
 )
 from tests.cross_session_support import token as session_token
-from tests.e2e import ACME, ACME_TOKEN, SIGNING_SECRET, base_settings, has_buttons, started
+from tests.e2e import ACME, bot_token_settings, has_buttons, started
 from tests.fakes import ToolCall
-from tests.fakes.jira import FakeJira
 from tests.process import free_port
 from tests.test_e2e_http import in_thread, mention
 
@@ -54,16 +53,9 @@ def script(request):
 
 
 @pytest.fixture
-async def jira():
-    async with FakeJira("datacenter") as fake:
-        yield fake
-
-
-@pytest.fixture
 def settings(slack, llm, jira, sqlite_url):
     llm.script = script
-    return base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+    return bot_token_settings(slack, llm, sqlite_url) | {
         "JIRA_URL": jira.url, "JIRA_PAT": jira.pat,
     }
 
@@ -216,10 +208,7 @@ def referenced_metrics() -> set[str]:
 async def test_dashboard_and_alerts_only_use_metrics_the_endpoint_exports(
     slack, llm, sqlite_url, tmp_path, http
 ):
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "JAMONO_METRICS_TOKEN": TOKEN,
-    }
+    settings = bot_token_settings(slack, llm, sqlite_url) | {"JAMONO_METRICS_TOKEN": TOKEN}
     jamono = await started(settings, tmp_path)
     try:
         status, body = await get(http, jamono.url + "/metrics", TOKEN)

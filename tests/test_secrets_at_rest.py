@@ -23,9 +23,9 @@ from storage.installations import EncryptedInstallationStore, rotate_tokens
 from storage.repositories import Repositories
 from storage.secrets import SecretBox, UndecryptableSecret, generate_key
 from storage.tenancy import Tenant
-from tests.e2e import ACME, BOT, started
+from tests.e2e import ACME, BOT, oauth_settings, started
 from tests.test_cli import jamono
-from tests.test_e2e_oauth import install, oauth_settings
+from tests.test_e2e_oauth import install
 
 BOT_TOKEN = "xoxb-1111-2222-acmebotsecret"
 # Token rotation issues long tokens; their Fernet tokens outgrow slack_sdk's VARCHAR(200).

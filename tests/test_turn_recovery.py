@@ -7,7 +7,6 @@ ran was missing from the conversation memory, so the next turn could do it again
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
 
@@ -20,25 +19,12 @@ from storage.models import Turn
 from storage.repositories import Repositories
 from storage.repositories.conversations import StoredMessage
 from storage.tenancy import Tenant
-from tests.e2e import ACME, ACME_TOKEN, ALICE, BOT, SIGNING_SECRET, base_settings, started
-from tests.fakes import ToolCall, post_event, post_form
+from tests.e2e import ACME, ALICE, BOT, SIGNING_SECRET, bot_token_settings, slash_command, started
+from tests.fakes import ToolCall, post_event
 from tests.fakes.llm import default_script
 
 INCIDENTS = "C0INCIDENTS"
 HANG = 8.0  # seconds the fake model takes on the call the process is killed in
-
-
-async def command(http, jamono, slack, name, text=""):
-    fields = slack.slash_command_payload(ACME, ALICE, "C0OPS", name, text)
-    status, _ = await post_form(http, jamono.url + "/slack/events", SIGNING_SECRET, fields)
-    assert status == 200
-    url_id = fields["response_url"].rsplit("/", 1)[1]
-    for _ in range(200):
-        for posted_id, body in slack.responses:
-            if posted_id == url_id:
-                return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no answer to {name} {text}")
 
 
 async def mention(http, jamono, slack, text, thread_ts=None):
@@ -71,12 +57,9 @@ async def test_kill_9_after_an_auto_approved_write_closes_the_turn_and_keeps_the
         return default_script(request)
 
     llm.script = announce_then_hang
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "JAMONO_INSTANCE_ID": "jamono-a",
-    }
+    settings = bot_token_settings(slack, llm, sqlite_url) | {"JAMONO_INSTANCE_ID": "jamono-a"}
     first = await started(settings, tmp_path)
-    done = await command(http, first, slack, "/nox-config", "autoapprove slack_post_message")
+    done = await slash_command(http, first, slack, "/nox-config", "autoapprove slack_post_message")
     assert "slack_post_message" in done["text"], done
     event = await mention(http, first, slack, "announce payments API is down")
     await slack.wait_for("chat.postMessage", lambda p: p["channel"] == INCIDENTS)
@@ -119,10 +102,9 @@ async def test_a_running_replica_closes_the_turn_of_a_replica_that_died(
     http, slack, llm, sqlite_url, tmp_path
 ):
     # The turn dies while this replica already runs: its periodic sweep must notice.
-    process = await started(base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "JAMONO_TURN_HEARTBEAT": "0.5",
-    }, tmp_path)
+    process = await started(
+        bot_token_settings(slack, llm, sqlite_url) | {"JAMONO_TURN_HEARTBEAT": "0.5"}, tmp_path
+    )
     try:
         engine = create_engine(sqlite_url)
         try:

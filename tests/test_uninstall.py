@@ -32,13 +32,14 @@ from tests.e2e import (
     GLOBEX,
     GLOBEX_TOKEN,
     SIGNING_SECRET,
-    base_settings,
+    bot_token_settings,
+    oauth_settings,
+    replicas,
     started,
 )
 from tests.fakes import post_event
-from tests.test_e2e_oauth import CLIENT_ID, CLIENT_SECRET, install
+from tests.test_e2e_oauth import install
 
-SECRET = "test-gateway-secret-0123456789abcdef"
 KEY = generate_key()
 EVERY_MINUTE = "cron * * * * *"
 
@@ -68,11 +69,8 @@ async def storage(sqlite_url):
 
 @pytest.fixture
 async def jamono(slack, llm, sqlite_url, storage, tmp_path):
-    slack.set_oauth_app(CLIENT_ID, CLIENT_SECRET)
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_CLIENT_ID": CLIENT_ID, "SLACK_CLIENT_SECRET": CLIENT_SECRET,
-        "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JAMONO_GATEWAY_SECRET": SECRET,
-        "JAMONO_SECRET_KEY": KEY,
+    settings = oauth_settings(slack, llm, sqlite_url) | {
+        "JAMONO_SECRET_KEY": KEY,  # the one the storage fixture encrypted the credentials with
         # The test's sockets are read only at the end: no pings to miss in between.
         "JAMONO_GATEWAY_HEARTBEAT": "300",
         # Globex's briefing runs every minute, which the default minimum interval refuses.
@@ -208,13 +206,8 @@ async def test_revoked_user_tokens_delete_only_those_users(http, jamono, slack, 
 async def test_an_uninstall_handled_by_one_replica_cancels_turns_on_the_other(
     http, slack, llm, sqlite_url, redis_url, tmp_path
 ):
-    settings = base_settings(slack, llm, sqlite_url) | {
-        "SLACK_BOT_TOKEN": ACME_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-        "REDIS_URL": redis_url,
-    }
-    first = await started(settings, tmp_path)
-    second = await started(settings, tmp_path)
-    try:
+    settings = bot_token_settings(slack, llm, sqlite_url) | {"REDIS_URL": redis_url}
+    async with replicas(settings, tmp_path) as (first, second):
         llm.delay(30)
         mention = slack.app_mention_event(ALICE, "C0ASK", f"<@{BOT}> a long question")
         await lifecycle_event(http, first, slack, ACME, mention)
@@ -230,6 +223,3 @@ async def test_an_uninstall_handled_by_one_replica_cancels_turns_on_the_other(
         assert uninstalled_line(second.output)["turns_cancelled"] == 0
         assert "tenant_stopped_here" not in second.output  # its own announcement
         llm.delay(0)
-    finally:
-        assert await first.stop() == 0, first.output
-        assert await second.stop() == 0, second.output

@@ -65,8 +65,10 @@ class ActivitySource:
         self._repos = repos
 
     async def gather(self, context: BriefingContext, spec: SectionSpec) -> SectionContent:
-        figures = await self._repos.briefings.activity_in(
-            context.briefing.tenant, audience_of(context), context.scheduled_for - ACTIVITY_WINDOW
+        figures = await self._repos.metrics.usage_since(
+            context.briefing.tenant,
+            context.scheduled_for - ACTIVITY_WINDOW,
+            channel_id=audience_of(context),
         )
         if not figures.turns and not figures.tool_calls:
             return SectionContent(spec.title, empty="no persona activity")

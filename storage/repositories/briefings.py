@@ -6,8 +6,9 @@ caller, on SQLite and PostgreSQL alike, so two replicas (or a leader and its suc
 post the same run twice.
 
 The approvals and activity a briefing shows are those of its own channel
-(:meth:`BriefingRepository.pending_approvals_in`, :meth:`BriefingRepository.activity_in`): a
-briefing's readers are that channel's members, who saw those conversations already.
+(:meth:`BriefingRepository.pending_approvals_in`, ``MetricsRepository.usage_since`` with
+``channel_id``): a briefing's readers are that channel's members, who saw those conversations
+already.
 """
 
 from __future__ import annotations
@@ -25,17 +26,12 @@ from storage.models import (
     ApprovalRequest,
     BriefingDelivery,
     BriefingSubscription,
-    Conversation,
     LLMUsage,
-    ToolCall,
-    Turn,
     utcnow,
 )
 from storage.repositories import events
 from storage.repositories._time import aware, to_utc
 from storage.repositories.approvals import State
-from storage.repositories.conversations import NOTE
-from storage.repositories.metrics import FAILED_TOOL_CALL, FAILED_TURN, UsageFigures
 from storage.tenancy import Tenant
 
 
@@ -373,72 +369,6 @@ class BriefingRepository:
             PendingApproval(tool, target, requested_by, aware(expires_at))
             for tool, target, requested_by, expires_at in rows
         ]
-
-    async def activity_in(self, tenant: Tenant, channel_id: str, since: datetime) -> UsageFigures:
-        """Turns, tool calls and LLM tokens of the conversations in ``channel_id`` at or after
-        ``since`` (aware)."""
-        in_channel = (
-            select(Conversation.id)
-            .where(Conversation.tenant_id == tenant.id, Conversation.channel_id == channel_id)
-            .scalar_subquery()
-        )
-        turns_in_channel = (
-            select(Turn.id)
-            .where(Turn.tenant_id == tenant.id, Turn.conversation_id.in_(in_channel))
-            .scalar_subquery()
-        )
-        since = to_utc(since)
-        async with self._sessions() as session:
-            turns = (
-                await session.execute(
-                    select(
-                        func.count(func.distinct(Turn.conversation_id)),
-                        func.count(Turn.id),
-                        func.count(Turn.id).filter(Turn.status.in_(FAILED_TURN)),
-                    ).where(
-                        Turn.tenant_id == tenant.id,
-                        Turn.conversation_id.in_(in_channel),
-                        Turn.started_at >= since,
-                        Turn.status != NOTE,  # notes record events, not exchanges
-                    )
-                )
-            ).one()
-            tools = (
-                await session.execute(
-                    select(
-                        ToolCall.tool,
-                        func.count(ToolCall.id),
-                        func.count(ToolCall.id).filter(ToolCall.status.in_(FAILED_TOOL_CALL)),
-                    )
-                    .where(
-                        ToolCall.tenant_id == tenant.id,
-                        ToolCall.turn_id.in_(turns_in_channel),
-                        ToolCall.created_at >= since,
-                    )
-                    .group_by(ToolCall.tool)
-                    .order_by(ToolCall.tool)
-                )
-            ).all()
-            tokens = (
-                await session.execute(
-                    select(
-                        func.coalesce(func.sum(LLMUsage.prompt_tokens), 0),
-                        func.coalesce(func.sum(LLMUsage.completion_tokens), 0),
-                    ).where(
-                        LLMUsage.tenant_id == tenant.id,
-                        LLMUsage.turn_id.in_(turns_in_channel),
-                        LLMUsage.created_at >= since,
-                    )
-                )
-            ).one()
-        return UsageFigures(
-            conversations=turns[0],
-            turns=turns[1],
-            tool_calls={name: count for name, count, _ in tools},
-            prompt_tokens=int(tokens[0]),
-            completion_tokens=int(tokens[1]),
-            errors=turns[2] + sum(failed for _, _, failed in tools),
-        )
 
     async def latest_run_before(
         self, tenant: Tenant, subscription_id: int, before: datetime

@@ -89,17 +89,17 @@ class ConfigRepository:
                 row = PersonaOverride(tenant_id=tenant.id, persona=persona)
                 session.add(row)
             for name, value in changes.items():
-                old = getattr(row, name)
+                events.append_change(
+                    session,
+                    tenant,
+                    events.PERSONA_CHANGED,
+                    getattr(row, name),
+                    value,
+                    actor=changed_by,
+                    subject=persona,
+                    details={"field": name},
+                )
                 setattr(row, name, value)
-                if old != value:
-                    events.append(
-                        session,
-                        tenant,
-                        events.PERSONA_CHANGED,
-                        actor=changed_by,
-                        subject=persona,
-                        details={"field": name, "old": old, "new": value},
-                    )
             row.updated_by = changed_by
 
     async def bind_channel(
@@ -108,15 +108,15 @@ class ConfigRepository:
         """Make ``persona`` answer mentions in ``channel_id``; ``None`` removes the binding."""
         async with self._sessions.begin() as session:
             row = await session.get(ChannelBinding, (tenant.id, channel_id))
-            if (row.persona if row else None) != persona:
-                events.append(
-                    session,
-                    tenant,
-                    events.CHANNEL_BOUND,
-                    actor=changed_by,
-                    subject=channel_id,
-                    details={"old": row.persona if row else None, "new": persona},
-                )
+            events.append_change(
+                session,
+                tenant,
+                events.CHANNEL_BOUND,
+                row.persona if row else None,
+                persona,
+                actor=changed_by,
+                subject=channel_id,
+            )
             if persona is None:
                 await session.execute(
                     delete(ChannelBinding).where(
@@ -141,15 +141,14 @@ class ConfigRepository:
         """Store the workspace's IANA timezone (validated by the caller)."""
         async with self._sessions.begin() as session:
             row = await session.get(WorkspaceSettings, tenant.id)
-            old = row.timezone if row else None
-            if old != timezone:
-                events.append(
-                    session,
-                    tenant,
-                    events.TIMEZONE_CHANGED,
-                    actor=changed_by,
-                    details={"old": old, "new": timezone},
-                )
+            events.append_change(
+                session,
+                tenant,
+                events.TIMEZONE_CHANGED,
+                row.timezone if row else None,
+                timezone,
+                actor=changed_by,
+            )
             if row is None:
                 session.add(
                     WorkspaceSettings(tenant_id=tenant.id, timezone=timezone, updated_by=changed_by)

@@ -210,18 +210,16 @@ class ConversationRepository:
             LookupError: the turn does not belong to ``tenant``.
         """
         async with self._sessions.begin() as session:
-            turn = (
-                await session.execute(
-                    _STEP_TURN,
-                    {"turn": turn_id, "tenant": tenant.id, "now": utcnow() if now is None
-                     else to_utc(now)},
-                )
-            ).first()
-            if turn is None:
-                raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
-            conversation_id, persona = turn
-            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
-            await _insert_usage(session, tenant, turn_id, persona, usage)
+            await _update_turn_and_store(
+                session,
+                tenant,
+                turn_id,
+                _STEP_TURN,
+                {"now": utcnow() if now is None else to_utc(now)},
+                messages,
+                tokens,
+                usage,
+            )
 
     async def heartbeat(self, owner: str, now: datetime | None = None) -> int:
         """Bump the heartbeat of every ``running`` turn of the instance ``owner``; returns how
@@ -329,23 +327,16 @@ class ConversationRepository:
             LookupError: the turn does not belong to ``tenant``.
         """
         async with self._sessions.begin() as session:
-            turn = (
-                await session.execute(
-                    _FINISH_TURN,
-                    {
-                        "turn": turn_id,
-                        "tenant": tenant.id,
-                        "new_status": status,
-                        "new_error": error,
-                        "new_duration_ms": duration_ms,
-                    },
-                )
-            ).first()
-            if turn is None:
-                raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
-            conversation_id, persona = turn
-            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
-            await _insert_usage(session, tenant, turn_id, persona, usage)
+            await _update_turn_and_store(
+                session,
+                tenant,
+                turn_id,
+                _FINISH_TURN,
+                {"new_status": status, "new_error": error, "new_duration_ms": duration_ms},
+                messages,
+                tokens,
+                usage,
+            )
 
     async def add_note(
         self,
@@ -415,6 +406,33 @@ async def _open_turn(
         },
     )
     return conversation_id, turn_id
+
+
+async def _update_turn_and_store(
+    session: AsyncSession,
+    tenant: Tenant,
+    turn_id: int,
+    statement,
+    values: dict[str, Any],
+    messages: Sequence[dict[str, Any]],
+    tokens: Sequence[int],
+    usage: Sequence[LLMCallUsage],
+) -> None:
+    """Run ``statement`` (:data:`_STEP_TURN` or :data:`_FINISH_TURN`: an UPDATE of the turn
+    returning its conversation and persona) with ``values``, then store the turn's
+    ``messages`` and ``usage``.
+
+    Raises:
+        LookupError: the turn does not belong to ``tenant``.
+    """
+    turn = (
+        await session.execute(statement, {"turn": turn_id, "tenant": tenant.id, **values})
+    ).first()
+    if turn is None:
+        raise LookupError(f"turn {turn_id} does not belong to tenant {tenant.id}")
+    conversation_id, persona = turn
+    await _insert_messages(session, conversation_id, turn_id, messages, tokens)
+    await _insert_usage(session, tenant, turn_id, persona, usage)
 
 
 async def _insert_messages(

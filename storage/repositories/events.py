@@ -3,7 +3,8 @@ per tenant.
 
 Repositories that change approvals, configuration or credentials append their event in the same
 transaction (:func:`append`), so a recorded change always has its event and a lost race never
-does. A configuration change records its ``old`` and ``new`` values; never a secret.
+does. A configuration change records its ``old`` and ``new`` values (:func:`append_change`);
+never a secret.
 """
 
 from __future__ import annotations
@@ -73,6 +74,35 @@ def append(
             tenant_id=tenant.id, kind=kind, actor=actor, subject=subject, details=details or {}
         )
     )
+
+
+def append_change(
+    session: AsyncSession,
+    tenant: Tenant,
+    kind: str,
+    old: Any,
+    new: Any,
+    *,
+    actor: str | None,
+    subject: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Add a configuration change to ``session``'s transaction as :func:`append` does, with
+    ``details`` plus its ``old`` and ``new`` values (JSON; ``None``: not set); nothing when
+    they are equal, so setting a value again leaves no event.
+
+    Raises:
+        ValueError: ``kind`` is empty or longer than 32 characters.
+    """
+    if old != new:
+        append(
+            session,
+            tenant,
+            kind,
+            actor=actor,
+            subject=subject,
+            details=(details or {}) | {"old": old, "new": new},
+        )
 
 
 class EventRepository:

@@ -15,7 +15,14 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from storage.models import ApprovalRequest, BriefingDelivery, LLMUsage, ToolCall, Turn
+from storage.models import (
+    ApprovalRequest,
+    BriefingDelivery,
+    Conversation,
+    LLMUsage,
+    ToolCall,
+    Turn,
+)
 from storage.repositories._time import aware, to_utc
 from storage.repositories.conversations import NOTE
 from storage.tenancy import Tenant
@@ -89,8 +96,34 @@ class MetricsRepository:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def usage_since(self, tenant: Tenant, since: datetime) -> UsageFigures:
-        """Figures for turns, tool calls and LLM calls at or after ``since`` (aware datetime)."""
+    async def usage_since(
+        self, tenant: Tenant, since: datetime, *, channel_id: str | None = None
+    ) -> UsageFigures:
+        """Figures for turns, tool calls and LLM calls at or after ``since`` (aware datetime):
+        of the whole workspace, or of the conversations in ``channel_id`` only (a briefing's
+        activity section, whose readers are that channel's members).
+
+        Raises:
+            ValueError: ``since`` is naive.
+        """
+        turn_scope = [Turn.tenant_id == tenant.id]
+        tool_scope = [ToolCall.tenant_id == tenant.id]
+        llm_scope = [LLMUsage.tenant_id == tenant.id]
+        if channel_id is not None:
+            in_channel = (
+                select(Conversation.id)
+                .where(Conversation.tenant_id == tenant.id, Conversation.channel_id == channel_id)
+                .scalar_subquery()
+            )
+            turns_in_channel = (
+                select(Turn.id)
+                .where(Turn.tenant_id == tenant.id, Turn.conversation_id.in_(in_channel))
+                .scalar_subquery()
+            )
+            turn_scope.append(Turn.conversation_id.in_(in_channel))
+            tool_scope.append(ToolCall.turn_id.in_(turns_in_channel))
+            llm_scope.append(LLMUsage.turn_id.in_(turns_in_channel))
+        since = to_utc(since)
         async with self._sessions() as session:
             turns = (
                 await session.execute(
@@ -99,7 +132,7 @@ class MetricsRepository:
                         func.count(Turn.id),
                         func.count(Turn.id).filter(Turn.status.in_(FAILED_TURN)),
                     ).where(
-                        Turn.tenant_id == tenant.id,
+                        *turn_scope,
                         Turn.started_at >= since,
                         Turn.status != NOTE,  # notes record events, not exchanges
                     )
@@ -112,7 +145,7 @@ class MetricsRepository:
                         func.count(ToolCall.id),
                         func.count(ToolCall.id).filter(ToolCall.status.in_(FAILED_TOOL_CALL)),
                     )
-                    .where(ToolCall.tenant_id == tenant.id, ToolCall.created_at >= since)
+                    .where(*tool_scope, ToolCall.created_at >= since)
                     .group_by(ToolCall.tool)
                     .order_by(ToolCall.tool)
                 )
@@ -122,7 +155,7 @@ class MetricsRepository:
                     select(
                         func.coalesce(func.sum(LLMUsage.prompt_tokens), 0),
                         func.coalesce(func.sum(LLMUsage.completion_tokens), 0),
-                    ).where(LLMUsage.tenant_id == tenant.id, LLMUsage.created_at >= since)
+                    ).where(*llm_scope, LLMUsage.created_at >= since)
                 )
             ).one()
         return UsageFigures(

@@ -151,16 +151,16 @@ class PolicyRepository:
         channel = ANY_CHANNEL if channel_id is None else _canonical(channel_id)
         async with self._sessions.begin() as session:
             row = await session.get(ToolPolicy, (tenant.id, tool, channel))
-            old = row.auto_approve if row else None
-            if old != auto_approve:
-                events.append(
-                    session,
-                    tenant,
-                    events.AUTO_APPROVE_CHANGED,
-                    actor=actor,
-                    subject=tool,
-                    details={"channel_id": channel, "old": old, "new": auto_approve},
-                )
+            events.append_change(
+                session,
+                tenant,
+                events.AUTO_APPROVE_CHANGED,
+                row.auto_approve if row else None,
+                auto_approve,
+                actor=actor,
+                subject=tool,
+                details={"channel_id": channel},
+            )
             if auto_approve is None:
                 await session.execute(
                     delete(ToolPolicy).where(
@@ -195,16 +195,16 @@ class PolicyRepository:
             raise ValueError("a zone needs at least one tool; use remove_zone to close a channel")
         async with self._sessions.begin() as session:
             row = await session.get(ActionZone, (tenant.id, persona, channel_id))
-            old = _zone(row)
-            if old != _zone_tools(listed):
-                events.append(
-                    session,
-                    tenant,
-                    events.ZONE_CHANGED,
-                    actor=actor,
-                    subject=persona,
-                    details={"channel_id": channel_id, "old": old, "new": _zone_tools(listed)},
-                )
+            events.append_change(
+                session,
+                tenant,
+                events.ZONE_CHANGED,
+                _zone(row),
+                _zone_tools(listed),
+                actor=actor,
+                subject=persona,
+                details={"channel_id": channel_id},
+            )
             if row is None:
                 row = ActionZone(tenant_id=tenant.id, persona=persona, channel_id=channel_id)
                 session.add(row)
@@ -248,15 +248,14 @@ class PolicyRepository:
             )
         async with self._sessions.begin() as session:
             row = await session.get(ApprovalSettings, tenant.id)
-            old = row.approvers if row else "requester_or_admin"
-            if old != approvers:
-                events.append(
-                    session,
-                    tenant,
-                    events.APPROVERS_CHANGED,
-                    actor=actor,
-                    details={"old": old, "new": approvers},
-                )
+            events.append_change(
+                session,
+                tenant,
+                events.APPROVERS_CHANGED,
+                row.approvers if row else "requester_or_admin",
+                approvers,
+                actor=actor,
+            )
             if row is None:
                 row = ApprovalSettings(tenant_id=tenant.id)
                 session.add(row)
