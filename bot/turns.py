@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +31,7 @@ from agents.memory import estimate_tokens
 from agents.personas import Persona
 from agents.runtime import TurnRequest
 from bot import render
+from bot.approvals import ClientFor
 from bot.commands import not_enabled
 from bot.render import Reply
 from bot.services import Services
@@ -48,7 +48,6 @@ WORKING_REACTION = "eyes"
 MENTION = re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>")
 ORPHAN_AFTER = 4  # heartbeats missed before a turn's owner counts as dead
 SLACK_TS = re.compile(r"^\d+\.\d+$")
-ClientFor = Callable[[str], Awaitable[AsyncWebClient | None]]
 
 
 @dataclass(frozen=True)
@@ -218,7 +217,7 @@ class TurnWatch:
     Every ``heartbeat`` seconds it bumps the heartbeat of the turns this process runs and
     closes, in every workspace, turns whose heartbeat is :data:`ORPHAN_AFTER` heartbeats old:
     their owner died. Several replicas may sweep at once; each turn is closed (and its
-    person told) by one of them. ``client_for(tenant_id)`` gives a workspace's Web API client
+    person told) by one of them. ``client_for(tenant)`` gives a workspace's Web API client
     (``None``: not installed).
     """
 
@@ -241,7 +240,7 @@ class TurnWatch:
         for turn in closed:
             log.warning(
                 "turn_interrupted",
-                tenant=turn.tenant_id,
+                tenant=turn.tenant.id,
                 turn_id=turn.turn_id,
                 owner=turn.owner,
                 tools=[call.tool for call in turn.tool_calls],
@@ -263,24 +262,28 @@ class TurnWatch:
                 log.warning("turn_watch_failed", error=repr(exc))
 
     async def _tell(self, turn: OrphanedTurn) -> None:
-        """Post the notice in the turn's thread and leave it in the conversation's memory."""
+        """Post the notice in the turn's thread, then leave in the conversation's memory what
+        the person was told (or that the answer was interrupted, when nobody could be told)."""
         text = interruption_notice(turn, self._writes(turn))
-        tenant = Tenant(team_id=turn.tenant_id)
+        told = await self._post(turn, text)
         await self.services.repos.conversations.add_note(
-            tenant,
+            turn.tenant,
             turn.channel_id,
             turn.thread_ts,
             turn.persona,
             turn.user_id,
-            f"Jamono told the user: {text}",
+            f"Jamono told the user: {text}" if told else f"Not answered: {text}",
             estimate_tokens({"content": text}),
         )
+
+    async def _post(self, turn: OrphanedTurn, text: str) -> bool:
+        """Whether the notice reached the turn's Slack thread."""
         thread = slack_thread(turn.thread_ts)
         if thread is not None and not SLACK_TS.match(thread):
-            return  # not a Slack thread (a briefing's prompt): nobody waits there
-        client = await self.client_for(turn.tenant_id)
+            return False  # not a Slack thread (a briefing's prompt): nobody waits there
+        client = await self.client_for(turn.tenant)
         if client is None:
-            return
+            return False
         persona = personas.BUILTIN.get(turn.persona)
         reply = Reply(text, [render.section(text)])
         if persona is not None:
@@ -291,6 +294,8 @@ class TurnWatch:
             )
         except SlackApiError as exc:
             log.error("interruption_notice_failed", turn_id=turn.turn_id, error=slack_error(exc))
+            return False
+        return True
 
     def _writes(self, turn: OrphanedTurn) -> list[str]:
         """The write tools that completed in the turn, as ``tool: result`` lines."""

@@ -73,6 +73,9 @@ class Turn(Base):
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    # Beside tenant_id, to find a Grid workspace's installation when telling its people.
+    enterprise_id: Mapped[str | None] = mapped_column(String(32))
+    is_enterprise_install: Mapped[bool] = mapped_column(Boolean, default=False)
     # The instance running the turn and its last sign of life, so a turn whose process died
     # is told from one still working (see ConversationRepository.close_orphans).
     owner: Mapped[str | None] = mapped_column(String(64))

@@ -21,6 +21,16 @@ class Tenant:
         if not self.id:
             raise ValueError("a tenant needs a team_id (or an enterprise_id for an org install)")
 
+    @classmethod
+    def stored(
+        cls, tenant_id: str, enterprise_id: str | None, is_enterprise_install: bool
+    ) -> Tenant:
+        """The tenant of a row that keeps ``tenant_id`` with its enterprise id and install kind
+        (what finding a Grid workspace's installation needs)."""
+        if is_enterprise_install:
+            return cls(team_id=None, enterprise_id=tenant_id, is_enterprise_install=True)
+        return cls(team_id=tenant_id, enterprise_id=enterprise_id)
+
     @property
     def id(self) -> str:
         if self.is_enterprise_install and self.enterprise_id:

@@ -7,6 +7,7 @@ ran was missing from the conversation memory, so the next turn could do it again
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from datetime import UTC, datetime, timedelta
 
@@ -19,9 +20,20 @@ from storage.models import Turn
 from storage.repositories import Repositories
 from storage.repositories.conversations import StoredMessage
 from storage.tenancy import Tenant
-from tests.e2e import ACME, ALICE, BOT, SIGNING_SECRET, bot_token_settings, slash_command, started
+from tests.e2e import (
+    ACME,
+    ACME_TOKEN,
+    ALICE,
+    BOT,
+    SIGNING_SECRET,
+    bot_token_settings,
+    oauth_settings,
+    slash_command,
+    started,
+)
 from tests.fakes import ToolCall, post_event
 from tests.fakes.llm import default_script
+from tests.test_e2e_oauth import install
 
 INCIDENTS = "C0INCIDENTS"
 HANG = 8.0  # seconds the fake model takes on the call the process is killed in
@@ -98,14 +110,19 @@ async def test_kill_9_after_an_auto_approved_write_closes_the_turn_and_keeps_the
         assert await second.stop() == 0, second.output
 
 
+@pytest.mark.parametrize("install_kind", ["bot token", "oauth"])
 async def test_a_running_replica_closes_the_turn_of_a_replica_that_died(
-    http, slack, llm, sqlite_url, tmp_path
+    http, slack, llm, sqlite_url, tmp_path, install_kind
 ):
-    # The turn dies while this replica already runs: its periodic sweep must notice.
-    process = await started(
-        bot_token_settings(slack, llm, sqlite_url) | {"JAMONO_TURN_HEARTBEAT": "0.5"}, tmp_path
+    # The turn dies while this replica already runs: its periodic sweep must notice. With an
+    # OAuth install the notice needs the workspace's own installation to reach Slack.
+    settings = (bot_token_settings if install_kind == "bot token" else oauth_settings)(
+        slack, llm, sqlite_url
     )
+    process = await started(settings | {"JAMONO_TURN_HEARTBEAT": "0.5"}, tmp_path)
     try:
+        if install_kind == "oauth":
+            await install(http, process, slack, ACME, ACME_TOKEN, "code-acme")
         engine = create_engine(sqlite_url)
         try:
             repos = Repositories.over(session_factory(engine))
@@ -122,8 +139,12 @@ async def test_a_running_replica_closes_the_turn_of_a_replica_that_died(
         # replica-b heartbeats no more; this one's sweep closes the turn after 4 × 0.5 s.
         (notice,) = await slack.wait_for(
             "chat.postMessage", lambda p: p.get("thread_ts") == "1700000000.000100")
-        assert "interrupted" in notice.params["text"]
+        assert "interrupted" in notice.params["text"] and notice.token == ACME_TOKEN
         assert "`slack_post_message`: posted &lt;!channel&gt;" in notice.params["text"]
+        for _ in range(100):  # the note is stored once the notice is posted
+            if await turn_statuses(sqlite_url) == ["interrupted", "note"]:
+                break
+            await asyncio.sleep(0.05)
         assert await turn_statuses(sqlite_url) == ["interrupted", "note"]
     finally:
         assert await process.stop() == 0, process.output

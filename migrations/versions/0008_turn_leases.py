@@ -20,6 +20,10 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("turns") as table:
+        table.add_column(sa.Column("enterprise_id", sa.String(32)))
+        table.add_column(sa.Column(
+            "is_enterprise_install", sa.Boolean(), nullable=False, server_default=sa.false()
+        ))
         table.add_column(sa.Column("owner", sa.String(64)))
         table.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True)))
     op.create_index("ix_turns_status_heartbeat", "turns", ["status", "heartbeat_at"])
@@ -30,3 +34,5 @@ def downgrade() -> None:
     with op.batch_alter_table("turns") as table:
         table.drop_column("heartbeat_at")
         table.drop_column("owner")
+        table.drop_column("is_enterprise_install")
+        table.drop_column("enterprise_id")

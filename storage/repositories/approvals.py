@@ -79,7 +79,7 @@ class Approval:
     @property
     def tenant(self) -> Tenant:
         """The tenant that made the request, with its enterprise id (to find its installation)."""
-        return _tenant(self.tenant_id, self.enterprise_id, self.is_enterprise_install)
+        return Tenant.stored(self.tenant_id, self.enterprise_id, self.is_enterprise_install)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,12 +350,6 @@ def _now(now: datetime | None) -> datetime:
     return utcnow() if now is None else to_utc(now)
 
 
-def _tenant(tenant_id: str, enterprise_id: str | None, is_enterprise_install: bool) -> Tenant:
-    if is_enterprise_install:
-        return Tenant(team_id=None, enterprise_id=tenant_id, is_enterprise_install=True)
-    return Tenant(team_id=tenant_id, enterprise_id=enterprise_id)
-
-
 def _update(tenant: Tenant, request_id: str, *states: State) -> Update:
     """``UPDATE approval_requests`` of one tenant's request, guarded by ``states`` when given."""
     statement = (
@@ -393,7 +387,7 @@ async def _close_all(
     ).all()
     moved: list[Approval] = []
     for tenant_id, enterprise_id, is_enterprise_install, request_id in rows:
-        tenant = _tenant(tenant_id, enterprise_id, bool(is_enterprise_install))
+        tenant = Tenant.stored(tenant_id, enterprise_id, bool(is_enterprise_install))
         result = await session.execute(
             _update(tenant, request_id, *states).where(due).values(**values)
         )

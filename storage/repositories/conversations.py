@@ -99,7 +99,7 @@ class OrphanedTurn:
     made before dying, oldest first, as the audit trail recorded them.
     """
 
-    tenant_id: str
+    tenant: Tenant
     turn_id: int
     channel_id: str
     thread_ts: str
@@ -245,7 +245,7 @@ class ConversationRepository:
         returns the turns this call closed (concurrent callers close each turn once).
 
         A turn is orphaned when its heartbeat is older than ``stale_before`` (a turn from
-        before migration 0010 has none: its start counts), or when ``owner`` is given and the
+        before migration 0008 has none: its start counts), or when ``owner`` is given and the
         turn belongs to it: an instance starting up closes what its previous life left
         running. Not tenant-scoped: it sweeps them all.
 
@@ -266,6 +266,8 @@ class ConversationRepository:
                     select(
                         Turn.id,
                         Turn.tenant_id,
+                        Turn.enterprise_id,
+                        Turn.is_enterprise_install,
                         Conversation.channel_id,
                         Conversation.thread_ts,
                         Turn.persona,
@@ -277,7 +279,8 @@ class ConversationRepository:
                     .order_by(Turn.id)
                 )
             ).all()
-            for turn_id, tenant_id, channel_id, thread_ts, persona, user_id, turn_owner in rows:
+            for (turn_id, tenant_id, enterprise_id, org_install, channel_id, thread_ts, persona,
+                 user_id, turn_owner) in rows:
                 result = await session.execute(
                     update(Turn)
                     .where(Turn.id == turn_id, Turn.status == RUNNING, orphaned)
@@ -295,7 +298,7 @@ class ConversationRepository:
                 ).all()
                 closed.append(
                     OrphanedTurn(
-                        tenant_id,
+                        Tenant.stored(tenant_id, enterprise_id, bool(org_install)),
                         turn_id,
                         channel_id,
                         thread_ts,
@@ -397,6 +400,8 @@ async def _open_turn(
         _INSERT_TURN,
         {
             "tenant_id": tenant.id,
+            "enterprise_id": tenant.enterprise_id,
+            "is_enterprise_install": tenant.is_enterprise_install,
             "conversation_id": conversation_id,
             "persona": persona,
             "user_id": user_id,
