@@ -360,6 +360,12 @@ async def test_only_the_operator_changes_a_workspace_budget(tmp_path, llm):
         "config", "--team", ACME, "limit", "tokens_per_day", "default", env=env, cwd=tmp_path
     )
     assert code == 0 and "tokens_per_day = 2000000 (default)" in out
+    code, out, _ = await jamono("audit", "export", "--team", ACME, "--since", "1d", env=env,
+                                cwd=tmp_path)
+    changes = [json.loads(line) for line in out.splitlines()]
+    changes = [c for c in changes if c["kind"] == "limit_changed"]
+    assert code == 0 and [(c["actor"], c["details"]["old"], c["details"]["new"])
+                          for c in reversed(changes)] == [("cli", None, 200), ("cli", 200, None)]
 
 
 async def test_status_answers_when_the_usage_figures_cannot_be_read(sqlite_url, llm):

@@ -24,6 +24,7 @@ MAX_BACK = timedelta(days=3650)
 VALUE_LIMIT = 120  # characters of one old/new value shown on a line
 RELATIVE = re.compile(r"^(?P<count>\d{1,5})(?P<unit>[hd])$")
 USER = re.compile(r"^(?:<@(?P<ref>[UW][A-Z0-9]+)(?:\|[^>]*)?>|(?P<id>[UW][A-Z0-9]{6,}))$")
+SLACK_USER = re.compile(r"^[UW][A-Z0-9]+$")
 TOOL = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MORE = "more:"
 
@@ -132,7 +133,7 @@ def render(page: AuditPage, query: AuditQuery, command: str) -> Reply:
 
 def entry_line(entry: AuditEntry) -> str:
     """``• 2026-11-30 09:12 · <@U…> · *kind* subject · what changed`` (mrkdwn, escaped)."""
-    who = f"<@{entry.actor}>" if entry.actor else "Jamono"
+    who = _who(entry.actor)
     subject = f" `{escape(entry.subject)}`" if entry.subject else ""
     return (
         f"• {entry.created_at:%Y-%m-%d %H:%M} · {who} · *{entry.kind}*{subject}"
@@ -151,6 +152,15 @@ def _what(entry: AuditEntry) -> str:
         return f" ·{lead} {_value(details.get('old'))} → {_value(details.get('new'))}"
     rest = {k: v for k, v in details.items() if v is not None}
     return f" · {_value(rest)}" if rest else ""
+
+
+def _who(actor: str | None) -> str:
+    """A Slack user as a mention; the operator's CLI (``cli``) and Jamono itself by name."""
+    if actor is None:
+        return "Jamono"
+    if SLACK_USER.match(actor):
+        return f"<@{actor}>"
+    return "the operator (jamono CLI)" if actor == "cli" else f"`{escape(actor)}`"
 
 
 def _value(value: Any) -> str:

@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage.models import LLMUsage, WorkspaceLimit
+from storage.repositories import events
 from storage.repositories._upsert import insert_for
 from storage.tenancy import Tenant
 
@@ -47,8 +48,17 @@ class BudgetRepository:
         self, tenant: Tenant, name: str, value: float | None, changed_by: str
     ) -> None:
         """Store ``value`` for limit ``name``; ``None`` removes the override (the default
-        applies again). The caller validates name and value."""
+        applies again). The caller validates name and value. Audited (``limit_changed``) with
+        the old and new override in the same transaction."""
         async with self._sessions.begin() as session:
+            old = await session.scalar(
+                select(WorkspaceLimit.value).where(
+                    WorkspaceLimit.tenant_id == tenant.id, WorkspaceLimit.name == name
+                )
+            )
+            events.append_change(
+                session, tenant, events.LIMIT_CHANGED, old, value, actor=changed_by, subject=name
+            )
             if value is None:
                 await session.execute(
                     delete(WorkspaceLimit).where(

@@ -35,6 +35,7 @@ TIMEZONE_CHANGED = "timezone_changed"
 AUTO_APPROVE_CHANGED = "auto_approve_changed"  # subject: tool; details.channel_id
 ZONE_CHANGED = "zone_changed"  # subject: persona; details.channel_id
 APPROVERS_CHANGED = "approvers_changed"
+LIMIT_CHANGED = "limit_changed"  # subject: limit name; set by the operator (jamono config)
 BRIEFING_ADDED = "briefing_added"  # subject: subscription id
 BRIEFING_REMOVED = "briefing_removed"
 BRIEFING_PAUSED = "briefing_paused"
