@@ -19,6 +19,7 @@ from agents.runtime import TurnRequest
 from bot import render
 from bot.commands import CommandRequest, CommandRouter
 from bot.services import Services
+from bot.turns import keep_alive
 from storage.tenancy import CONSOLE_TENANT
 
 CONSOLE_USER = "U0CONSOLE"
@@ -52,46 +53,51 @@ async def run_console(
             f"{persona.display_name} ({persona.title}). Type /{persona.command_prefix}-help for "
             "commands, exit to quit."
         )
-    while True:
-        if interactive:
-            stdout.write("you> ")
-            stdout.flush()
-        line = await anext(lines, None)
-        if line is None:
-            break
-        line = line.strip()
-        if not line:
-            continue
-        if line in ("exit", "quit"):
-            break
-        if line.startswith("/"):
-            command, _, text = line.partition(" ")
-            reply = await router.handle(
-                CommandRequest(
+    # A server sharing the database closes turns whose heartbeat stops: keep ours beating.
+    alive = asyncio.create_task(keep_alive(services, services.settings.turn_heartbeat))
+    try:
+        while True:
+            if interactive:
+                stdout.write("you> ")
+                stdout.flush()
+            line = await anext(lines, None)
+            if line is None:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("exit", "quit"):
+                break
+            if line.startswith("/"):
+                command, _, text = line.partition(" ")
+                reply = await router.handle(
+                    CommandRequest(
+                        tenant=CONSOLE_TENANT,
+                        command=command,
+                        text=text,
+                        user_id=CONSOLE_USER,
+                        channel_id=CONSOLE_CHANNEL,
+                        is_admin=_yes,
+                    )
+                )
+                say(reply.text)
+                continue
+            outcome = await services.runtime.run(
+                TurnRequest(
                     tenant=CONSOLE_TENANT,
-                    command=command,
-                    text=text,
-                    user_id=CONSOLE_USER,
+                    persona=persona,
                     channel_id=CONSOLE_CHANNEL,
-                    is_admin=_yes,
+                    thread_ts=thread_ts,
+                    user_id=CONSOLE_USER,
+                    text=line,
+                    timezone=config.timezone,
                 )
             )
-            say(reply.text)
-            continue
-        outcome = await services.runtime.run(
-            TurnRequest(
-                tenant=CONSOLE_TENANT,
-                persona=persona,
-                channel_id=CONSOLE_CHANNEL,
-                thread_ts=thread_ts,
-                user_id=CONSOLE_USER,
-                text=line,
-                timezone=config.timezone,
-            )
-        )
-        say(f"{persona.display_name}> {outcome.text}")
-        if outcome.tool_runs:
-            say("    " + render.tools_used(outcome.tool_runs))
+            say(f"{persona.display_name}> {outcome.text}")
+            if outcome.tool_runs:
+                say("    " + render.tools_used(outcome.tool_runs))
+    finally:
+        alive.cancel()
 
 
 async def _yes() -> bool:

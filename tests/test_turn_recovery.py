@@ -8,6 +8,7 @@ ran was missing from the conversation memory, so the next turn could do it again
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from agents.memory import NOT_RECORDED, fit_history
+from bot.console import run_console
+from bot.services import Services
+from bot.settings import load_settings
+from bot.turns import ORPHAN_AFTER
 from storage.db import create_engine, session_factory
 from storage.models import Turn
 from storage.repositories import Repositories
@@ -222,3 +227,29 @@ def test_memory_answers_a_call_whose_result_the_crash_lost():
     )
     assert [m["role"] for m in history] == ["user", "assistant", "tool", "user"]
     assert history[2] == {"role": "tool", "tool_call_id": "call_9", "content": NOT_RECORDED}
+
+
+async def test_a_console_turn_outlasting_the_sweep_is_not_taken_for_dead(sqlite_url, llm, tmp_path):
+    """``jamono console`` serves no Slack but shares the database: a server's sweep must not
+    close its long turn while it still runs (its heartbeat goes on)."""
+    heartbeat = 0.5
+    services = await Services.start(load_settings(
+        _env_file=None, DATABASE_URL=sqlite_url, OPENAI_BASE_URL=llm.base_url,
+        OPENAI_API_KEY="sk-test", JAMONO_TURN_HEARTBEAT=str(heartbeat)))
+    (tmp_path / "stdin").write_text("a slow question\n")
+    llm.delay(heartbeat * ORPHAN_AFTER * 1.5)  # the model thinks past the sweeps' threshold
+    try:
+        with (tmp_path / "stdin").open() as stdin:  # noqa: ASYNC230 (a local file, once)
+            console = asyncio.create_task(run_console(services, stdin=stdin, stdout=io.StringIO()))
+            await llm.wait_for_requests(1)
+            closed = []
+            while not console.done():  # a server's sweep, every heartbeat, while it thinks
+                stale_before = datetime.now(UTC) - timedelta(seconds=heartbeat * ORPHAN_AFTER)
+                closed += await services.repos.conversations.close_orphans(
+                    stale_before=stale_before)
+                await asyncio.sleep(heartbeat)
+            await console
+    finally:
+        await services.close()
+    assert closed == []
+    assert await turn_statuses(sqlite_url) == ["ok"]
