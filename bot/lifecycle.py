@@ -66,6 +66,9 @@ class TenantLifecycle:
                 store.async_delete_all(**_installation_key(tenant)), None,
             )
         suspended = await _step(tenant.id, "suspend", self.data.suspend(tenant), None)
+        # Again now that its briefings are paused: a run that read its briefing before the
+        # pause may have started composing since the first cancel.
+        cancelled += self._cancel_here(tenant.id)
         closed = await self._stop_here(tenant.id)
         log.warning(
             "tenant_uninstalled",
@@ -158,8 +161,10 @@ class TenantLifecycle:
             return
         if store is not None:
             for user_id in user_ids:
-                await store.async_delete_installation(
-                    **_installation_key(tenant), user_id=user_id
+                await _step(
+                    tenant.id, "delete_user_installation",
+                    store.async_delete_installation(**_installation_key(tenant), user_id=user_id),
+                    None,
                 )
         log.info("user_tokens_revoked", tenant=tenant.id, users=len(user_ids))
 
