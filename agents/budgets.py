@@ -347,6 +347,9 @@ class TurnBudget:
         return self
 
     async def __aexit__(self, *_: object) -> None:
+        await self._release_slot()
+
+    async def _release_slot(self) -> None:
         if self._slot is None:
             return
         slot, self._slot = self._slot, None
@@ -467,25 +470,18 @@ class Budgets:
         )
 
     async def _admit(self, turn: TurnBudget) -> None:
+        """Admit ``turn`` or raise :class:`OverLimit`. A refused turn uses up no quota: the
+        concurrency slot is taken first and given back on refusal, and both per-minute windows
+        are tested before either records a hit.
+
+        Across replicas one race remains, as the ``limits`` library offers no atomic
+        test-and-hit of two windows nor a way to take a hit back: when another replica fills
+        the workspace window between our test and our hit, the user's hit already recorded
+        stays although the turn is refused (hits are recorded user first, so such a race costs
+        only that person one turn of their minute, never the workspace). Each ``hit()`` still
+        checks as it records, so no window is ever exceeded.
+        """
         tenant, limits = turn.tenant, turn.limits
-        windows = (
-            (Limit.TURNS_PER_MINUTE_USER, limits.turns_per_minute_user,
-             ("user", tenant.id, turn.user_id), "turns per minute for one person"),
-            (Limit.TURNS_PER_MINUTE_WORKSPACE, limits.turns_per_minute_workspace,
-             ("workspace", tenant.id), "turns per minute"),
-        )
-        for limit, amount, identifiers, unit in windows:
-            if not amount:
-                continue
-            item = RateLimitItemPerMinute(amount)
-            # hit() records and checks in one step, so a flood across replicas cannot pass.
-            if not await self._window.hit(item, *identifiers):
-                stats = await self._window.get_window_stats(item, *identifiers)
-                now = datetime.now(UTC)  # the window runs on the library's wall clock
-                resets = max(datetime.fromtimestamp(stats.reset_time, UTC), now)
-                self._refuse(tenant, Refusal(
-                    limit, refusal_text(limit, f"{amount} {unit}", resets, now), resets
-                ))
         if limits.concurrent_turns:
             turn._slot = await self._slots.acquire(tenant, limits.concurrent_turns)
             if turn._slot is None:
@@ -497,6 +493,35 @@ class Budgets:
                     refusal_text(Limit.CONCURRENT_TURNS, detail, None, self._clock()),
                     None,
                 ))
+        windows = [
+            (limit, RateLimitItemPerMinute(amount), identifiers, f"{amount} {unit}")
+            for limit, amount, identifiers, unit in (
+                (Limit.TURNS_PER_MINUTE_USER, limits.turns_per_minute_user,
+                 ("user", tenant.id, turn.user_id), "turns per minute for one person"),
+                (Limit.TURNS_PER_MINUTE_WORKSPACE, limits.turns_per_minute_workspace,
+                 ("workspace", tenant.id), "turns per minute"),
+            )
+            if amount
+        ]
+        try:
+            for limit, item, identifiers, detail in windows:
+                if not await self._window.test(item, *identifiers):
+                    await self._window_refusal(tenant, limit, item, identifiers, detail)
+            for limit, item, identifiers, detail in windows:
+                if not await self._window.hit(item, *identifiers):
+                    await self._window_refusal(tenant, limit, item, identifiers, detail)
+        except BaseException:
+            await turn._release_slot()
+            raise
+
+    async def _window_refusal(
+        self, tenant: Tenant, limit: Limit, item: RateLimitItemPerMinute,
+        identifiers: tuple[str, ...], detail: str,
+    ) -> None:
+        stats = await self._window.get_window_stats(item, *identifiers)
+        now = datetime.now(UTC)  # the window runs on the library's wall clock
+        resets = max(datetime.fromtimestamp(stats.reset_time, UTC), now)
+        self._refuse(tenant, Refusal(limit, refusal_text(limit, detail, resets, now), resets))
 
     async def _spend_refusal(
         self, tenant: Tenant, limits: Limits, pending: Sequence[Usage]

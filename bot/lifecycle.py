@@ -5,8 +5,9 @@ Slack sends ``app_uninstalled`` when the app is removed from a workspace (or an 
 https://api.slack.com/events/tokens_revoked). After either, the bot token no longer works; we
 stop spending on the workspace's behalf and forget its tokens:
 
-1. its turns in flight are cancelled (no more LLM calls for them): on this process at once, on
-   the other replicas when they hear of it on Redis (:meth:`TenantLifecycle.listen`);
+1. its turns in flight and the briefing runs it is composing are cancelled (no more LLM calls
+   for them; such a run's delivery is recorded as failed): on this process at once, on the
+   other replicas when they hear of it on Redis (:meth:`TenantLifecycle.listen`);
 2. its tokens are deleted through slack_sdk's installation store API;
 3. its briefings are paused (``paused_reason`` ``app_uninstalled``), so no run starts and no
    LLM call is made for them; the scheduler drops their jobs at once on this process, and a
@@ -14,6 +15,8 @@ stop spending on the workspace's behalf and forget its tokens:
 4. its pending approval requests expire and its integration credentials are deleted;
 5. its cross-session sessions are closed (on every replica, as in 1).
 
+Each step runs even when an earlier one failed (Slack does not resend an acknowledged event):
+a failure is logged (``tenant_uninstall_step_failed``, with the tenant and the step).
 Conversations, audit and other rows stay until an operator runs ``jamono tenant erase``.
 """
 
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import Awaitable
 from contextlib import suppress
+from typing import TypeVar
 
 import structlog
 from redis.exceptions import RedisError
@@ -39,6 +44,8 @@ CHANNEL = "jamono:tenants:uninstalled"  # Redis pub/sub: {"tenant": id, "from": 
 PROCESS = secrets.token_hex(8)  # tells this process's own announcements apart
 RESUBSCRIBE_DELAY = 2.0  # seconds before listening again after Redis failed
 
+T = TypeVar("T")
+
 
 class TenantLifecycle:
     def __init__(self, services: Services) -> None:
@@ -51,19 +58,25 @@ class TenantLifecycle:
         ``store`` is the Bolt app's installation store (``None`` with a single-workspace
         ``SLACK_BOT_TOKEN``, which the operator revokes).
         """
-        cancelled = self.services.inflight.cancel_tenant(tenant.id)
+        cancelled = self._cancel_here(tenant.id)
         await self._announce(tenant.id)
         if store is not None:
-            await store.async_delete_all(**_installation_key(tenant))
-        suspended = await self.data.suspend(tenant)
+            await _step(
+                tenant.id, "delete_installations",
+                store.async_delete_all(**_installation_key(tenant)), None,
+            )
+        suspended = await _step(tenant.id, "suspend", self.data.suspend(tenant), None)
+        # Again now that its briefings are paused: a run that read its briefing before the
+        # pause may have started composing since the first cancel.
+        cancelled += self._cancel_here(tenant.id)
         closed = await self._stop_here(tenant.id)
         log.warning(
             "tenant_uninstalled",
             tenant=tenant.id,
             turns_cancelled=cancelled,
-            briefings_paused=suspended.briefings_paused,
-            approvals_expired=suspended.approvals_expired,
-            credentials_deleted=suspended.credentials_deleted,
+            briefings_paused=suspended.briefings_paused if suspended else None,
+            approvals_expired=suspended.approvals_expired if suspended else None,
+            credentials_deleted=suspended.credentials_deleted if suspended else None,
             sessions_closed=closed,
         )
 
@@ -97,7 +110,7 @@ class TenantLifecycle:
             return
         if origin == PROCESS:
             return
-        cancelled = self.services.inflight.cancel_tenant(tenant_id)
+        cancelled = self._cancel_here(tenant_id)
         closed = await self._stop_here(tenant_id)
         log.warning(
             "tenant_stopped_here", tenant=tenant_id, turns_cancelled=cancelled,
@@ -114,6 +127,12 @@ class TenantLifecycle:
         except (RedisError, OSError) as exc:  # the rest of the uninstall must still happen
             log.warning("tenant_announcement_failed", tenant=tenant_id, error=repr(exc))
 
+    def _cancel_here(self, tenant_id: str) -> int:
+        """Cancel the tenant's turns and briefing runs on this process; returns how many."""
+        return self.services.inflight.cancel_tenant(
+            tenant_id
+        ) + self.services.briefings.cancel_tenant(tenant_id)
+
     async def _stop_here(self, tenant_id: str) -> int:
         """Drop the tenant's briefing jobs (if this process schedules) and close its
         cross-session sessions here; returns how many sessions were closed."""
@@ -121,7 +140,10 @@ class TenantLifecycle:
             self.services.scheduler.sync_soon()
         if self.services.cross_session is None:
             return 0
-        return await self.services.cross_session.gateway.close_tenant(tenant_id)
+        return await _step(
+            tenant_id, "close_sessions",
+            self.services.cross_session.gateway.close_tenant(tenant_id), 0,
+        )
 
     async def tokens_revoked(
         self,
@@ -139,10 +161,22 @@ class TenantLifecycle:
             return
         if store is not None:
             for user_id in user_ids:
-                await store.async_delete_installation(
-                    **_installation_key(tenant), user_id=user_id
+                await _step(
+                    tenant.id, "delete_user_installation",
+                    store.async_delete_installation(**_installation_key(tenant), user_id=user_id),
+                    None,
                 )
         log.info("user_tokens_revoked", tenant=tenant.id, users=len(user_ids))
+
+
+async def _step(tenant_id: str, name: str, work: Awaitable[T], failed: T) -> T:
+    """Await one step of stopping a tenant; on failure log it and return ``failed``, so that
+    the other steps still run."""
+    try:
+        return await work
+    except Exception:
+        log.exception("tenant_uninstall_step_failed", tenant=tenant_id, step=name)
+        return failed
 
 
 def _installation_key(tenant: Tenant) -> dict[str, str | None]:

@@ -333,7 +333,7 @@ async def test_a_preview_by_any_member_asks_no_language_model(database_url, slac
     assert llm.requests == []
 
 
-async def test_a_too_frequent_schedule_stored_before_the_limit_runs_at_most_once_an_interval(
+async def test_a_too_frequent_schedule_stored_before_the_limit_is_paused_not_run_every_minute(
     services, slack
 ):
     briefing = await services.repos.briefings.create(
@@ -341,14 +341,38 @@ async def test_a_too_frequent_schedule_stored_before_the_limit_runs_at_most_once
         sections=[{"kind": "approvals"}], created_by=BOB,
     )
     outcomes = []
-    for minute in (0, 1, 119, 120):
+    for minute in (0, 1, 2, 120):
         fire = NOW + timedelta(minutes=minute)
         outcomes.append(await services.briefings.run_scheduled(briefing.id, fire, now=fire))
     assert [r.outcome for r in outcomes] == [
-        Outcome.POSTED, Outcome.SKIPPED, Outcome.SKIPPED, Outcome.POSTED
+        Outcome.POSTED, Outcome.PAUSED, Outcome.DISABLED, Outcome.DISABLED
     ]
     assert "JAMONO_BRIEFING_MIN_INTERVAL" in outcomes[1].detail
-    assert len(posts(slack, OPS)) == 2
+    assert len(posts(slack, OPS)) == 1
+    stored = await services.repos.briefings.get(TENANT, briefing.id)
+    assert not stored.enabled and stored.paused_reason == "too_frequent"
+    deliveries = await services.repos.briefings.deliveries(TENANT, briefing.id)
+    assert len(deliveries) == 2  # the posted run and the one skipped when it was paused
+    [notice] = posts(slack, BOB)
+    assert f"I paused briefing {briefing.id}" in notice.params["text"]
+    assert "more often than this workspace allows" in notice.params["text"]
+    assert f"/nox-brief remove {briefing.id}" in notice.params["text"]
+
+
+async def test_a_run_too_soon_only_across_a_clock_change_is_skipped_not_paused(services, slack):
+    # Every two hours is allowed (7200 s); on 29 March 2026 Paris springs forward at 02:00,
+    # so the 00:00 and 02:00 runs are one real hour apart: that run is skipped, no more.
+    briefing = await services.repos.briefings.create(
+        TENANT, channel_id=OPS, persona="nox", schedule="cron 0 */2 * * *",
+        timezone="Europe/Paris", sections=[{"kind": "approvals"}], created_by=BOB,
+    )
+    first = datetime(2026, 3, 28, 23, 0, tzinfo=UTC)  # 00:00 in Paris
+    outcomes = []
+    for fire in (first, first + timedelta(hours=1), first + timedelta(hours=3)):
+        outcomes.append(await services.briefings.run_scheduled(briefing.id, fire, now=fire))
+    assert [r.outcome for r in outcomes] == [Outcome.POSTED, Outcome.SKIPPED, Outcome.POSTED]
+    assert (await services.repos.briefings.get(TENANT, briefing.id)).enabled
+    assert posts(slack, BOB) == []
 
 
 async def test_a_refusal_elsewhere_does_not_name_a_private_briefings_creator(services):

@@ -419,6 +419,55 @@ async def test_a_concurrency_slot_is_freed_when_the_turn_fails(sqlite_url, llm, 
     assert report.turns_running == 0
 
 
+async def refused_by(budgets, user, count) -> list[Limit]:
+    """Ask ``count`` turns for ``user``; the limits that refused them."""
+    limits = []
+    for _ in range(count):
+        with pytest.raises(OverLimit) as caught:
+            async with budgets.turn(TENANT, user):
+                pass
+        limits.append(caught.value.refusal.limit)
+    return limits
+
+
+async def test_turns_refused_by_the_workspace_window_do_not_use_up_a_users_own(
+    sqlite_url, llm, redis_url
+):
+    services = await start(
+        sqlite_url, llm, REDIS_URL=redis_url, JAMONO_TURNS_PER_MINUTE_USER=3,
+        JAMONO_TURNS_PER_MINUTE_WORKSPACE=2, JAMONO_CONCURRENT_TURNS=2,
+    )
+    try:
+        for user in ("U0ONE", "U0TWO"):  # the workspace's minute is used up by others
+            async with services.budgets.turn(TENANT, user):
+                pass
+        refusals = await refused_by(services.budgets, ALICE, 4)
+        report = await services.budgets.report(TENANT, ALICE)
+    finally:
+        await services.close()
+    assert refusals == [Limit.TURNS_PER_MINUTE_WORKSPACE] * 4
+    assert report.user_turns_left == 3  # ALICE still has her own minute when it frees up
+    assert report.turns_running == 0  # and no refused turn kept a concurrency slot
+
+
+async def test_turns_refused_for_concurrency_use_up_no_per_minute_quota(
+    sqlite_url, llm, redis_url
+):
+    services = await start(
+        sqlite_url, llm, REDIS_URL=redis_url, JAMONO_TURNS_PER_MINUTE_USER=3,
+        JAMONO_TURNS_PER_MINUTE_WORKSPACE=5, JAMONO_CONCURRENT_TURNS=1,
+    )
+    try:
+        async with services.budgets.turn(TENANT, "U0OTHER"):  # the only slot, held
+            refusals = await refused_by(services.budgets, ALICE, 4)
+        report = await services.budgets.report(TENANT, ALICE)
+    finally:
+        await services.close()
+    assert refusals == [Limit.CONCURRENT_TURNS] * 4
+    assert report.user_turns_left == 3
+    assert report.workspace_turns_left == 4  # only U0OTHER's admitted turn counts
+
+
 # Pure decisions ------------------------------------------------------------------------------
 
 

@@ -31,7 +31,7 @@ from agents.llm import LLMClient, LLMError
 from agents.personas import Persona
 from bot.briefings.clients import NotInstalled, TeamClients
 from bot.briefings.render import render_briefing
-from bot.briefings.schedule import is_repeat
+from bot.briefings.schedule import ScheduleError, check_frequency, is_repeat, parse_schedule
 from bot.briefings.sections import (
     BriefingContext,
     SectionContent,
@@ -41,6 +41,7 @@ from bot.briefings.sections import (
 )
 from bot.render import Reply
 from bot.slack_client import slack_error
+from bot.work import InFlight
 from storage.repositories import Repositories
 from storage.repositories.briefings import Briefing, DeliveryState
 from storage.tenancy import Tenant
@@ -50,6 +51,8 @@ log = structlog.get_logger(__name__)
 CHANNEL_INTERVAL = 1.05  # seconds between two posts to one channel
 OPENING_LIMIT = 500  # characters of the persona's opening
 OPENING_DATA_LIMIT = 6000  # characters of gathered data shown to the model
+TOO_FREQUENT = "too_frequent"  # paused_reason of a stored schedule under the minimum interval
+UNINSTALLED = "cancelled: the app was uninstalled from the workspace"  # a delivery's detail
 
 # Slack error → what to tell the subscription's creator ({channel} and {id} are filled in).
 CHANNEL_ERRORS: dict[str, str] = {
@@ -76,7 +79,7 @@ class Outcome(StrEnum):
     POSTED = "posted"
     DUPLICATE = "duplicate"  # another run (replica) claimed it first
     SKIPPED = "skipped"  # missed by more than the grace time, or a repeated wall-clock time
-    PAUSED = "paused"  # a channel error paused the subscription
+    PAUSED = "paused"  # a channel error, or a schedule under the minimum interval, paused it
     FAILED = "failed"
     NOT_FOUND = "not_found"
     DISABLED = "disabled"
@@ -94,7 +97,9 @@ class Briefings:
 
     ``grace`` is the misfire grace time (a run later than this is skipped and recorded);
     a scheduled run less than ``min_interval`` after the previous run is skipped and recorded
-    too (a schedule stored before that limit, or a gap shortened by a daylight-saving change);
+    too, and when its schedule itself is that frequent (stored before the limit) the briefing
+    is paused and its creator told how to fix it, so it stops firing; a gap only shortened by
+    a daylight-saving change is just skipped;
     ``max_preparing`` bounds how many runs claim and compose at once, so that when many fall
     due together the first ones reach Slack while the others are still being gathered.
     """
@@ -124,6 +129,13 @@ class Briefings:
         self._shared = Shared()
         self._channel_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_post: dict[tuple[str, str], float] = {}
+        self._runs = InFlight()  # runs being composed, by tenant (see cancel_tenant)
+
+    def cancel_tenant(self, tenant_id: str) -> int:
+        """Cancel the runs of ``tenant_id`` being composed here (the app was uninstalled
+        there): their prompt sections' turns and openings make no further language model
+        call, and each delivery is recorded as failed. Returns how many were cancelled."""
+        return self._runs.cancel_tenant(tenant_id)
 
     async def run_scheduled(
         self, subscription_id: int, scheduled_for: datetime, now: datetime | None = None
@@ -153,6 +165,8 @@ class Briefings:
                     detail=reason,
                 )
                 log.warning("briefing_skipped", subscription_id=briefing.id, reason=reason)
+                if await self._too_frequent(briefing, scheduled_for):
+                    return RunResult(Outcome.PAUSED, reason)
                 return RunResult(Outcome.SKIPPED, reason)
             prepared = await self._claim_and_prepare(briefing, scheduled_for, "schedule")
         return await self._send_and_record(briefing, scheduled_for, prepared)
@@ -188,6 +202,28 @@ class Briefings:
             f"{_duration(scheduled_for - last)} after the previous run "
             f"(JAMONO_BRIEFING_MIN_INTERVAL {_duration(self.min_interval)})"
         )
+
+    async def _too_frequent(self, briefing: Briefing, scheduled_for: datetime) -> bool:
+        """Pause ``briefing`` when its schedule itself runs more often than the minimum
+        interval (stored before that limit), so that it stops firing; ``True`` if paused.
+        A run skipped only for a daylight-saving change or a late run is left alone."""
+        if not self.min_interval:
+            return False
+        try:
+            check_frequency(
+                parse_schedule(briefing.schedule), briefing.timezone, self.min_interval,
+                scheduled_for,
+            )
+        except ScheduleError as exc:
+            await self._pause(
+                briefing,
+                TOO_FREQUENT,
+                f"its schedule runs more often than this workspace allows ({exc}). Remove it "
+                f"with `/nox-brief remove {briefing.id}` and add it again with a less "
+                "frequent schedule (`/nox-brief add`).",
+            )
+            return True
+        return False
 
     async def compose(
         self,
@@ -239,8 +275,20 @@ class Briefings:
         ):
             log.info("briefing_already_claimed", subscription_id=briefing.id)
             return None
-        # Shielded from here on: a claimed run is finished and recorded, never abandoned.
-        return await asyncio.shield(self._prepare(briefing, scheduled_for))
+        # Shielded from here on: a claimed run is finished and recorded, never abandoned; an
+        # uninstall cancels it through its tenant (cancel_tenant), and it is recorded failed.
+        task = self._runs.spawn(
+            self._prepare(briefing, scheduled_for),
+            f"briefing:{briefing.id}",
+            tenant=briefing.tenant.id,
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # the caller was cancelled, not the run
+            log.warning("briefing_cancelled", subscription_id=briefing.id, reason=UNINSTALLED)
+            return RunResult(Outcome.FAILED, UNINSTALLED)
 
     async def _send_and_record(
         self, briefing: Briefing, scheduled_for: datetime, prepared: Reply | RunResult | None
@@ -286,7 +334,10 @@ class Briefings:
         except SlackApiError as exc:
             error = slack_error(exc)
             if error in CHANNEL_ERRORS:
-                await self._pause(briefing, error, client)
+                why = CHANNEL_ERRORS[error].format(
+                    channel=f"<#{briefing.channel_id}>", id=briefing.id
+                )
+                await self._pause(briefing, error, why, client)
                 return RunResult(Outcome.PAUSED, error)
             return RunResult(Outcome.FAILED, error)
         except (NotInstalled, SlackTokenRotationError) as exc:
@@ -310,19 +361,30 @@ class Briefings:
             finally:
                 self._last_post[key] = loop.time()
 
-    async def _pause(self, briefing: Briefing, error: str, client: AsyncWebClient | None) -> None:
-        """Pause the subscription; the caller that paused it tells the creator (once)."""
-        if not await self.repos.briefings.pause_for(briefing.tenant, briefing.id, error):
+    async def _pause(
+        self,
+        briefing: Briefing,
+        reason: str,
+        why: str,
+        client: AsyncWebClient | None = None,
+    ) -> None:
+        """Pause the subscription for ``reason`` (its ``paused_reason``); the caller that paused
+        it tells the creator ``why`` and what to do, once (through ``client``, or the
+        workspace's client when none is given)."""
+        if not await self.repos.briefings.pause_for(briefing.tenant, briefing.id, reason):
             return
-        log.warning("briefing_paused", subscription_id=briefing.id, reason=error)
-        if client is None:
-            return
-        why = CHANNEL_ERRORS[error].format(channel=f"<#{briefing.channel_id}>", id=briefing.id)
+        log.warning(
+            "briefing_paused", subscription_id=briefing.id, tenant=briefing.tenant.id,
+            reason=reason,
+        )
         text = f"I paused briefing {briefing.id} ({briefing.schedule}, {briefing.timezone}): {why}"
         try:
+            client = client or await self.clients.for_tenant(briefing.tenant)
             await client.chat_postMessage(channel=briefing.created_by, text=text)
         except SlackApiError as exc:
             log.warning("pause_notice_failed", subscription_id=briefing.id, error=slack_error(exc))
+        except (NotInstalled, SlackTokenRotationError) as exc:
+            log.warning("pause_notice_failed", subscription_id=briefing.id, error=str(exc))
 
     async def _opening(
         self, tenant: Tenant, persona: Persona, sections: list[SectionContent]
