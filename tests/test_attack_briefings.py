@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -119,6 +120,11 @@ async def test_a_schedule_that_never_fires_is_refused_and_a_stored_one_is_descri
     after_leap_day = datetime(2028, 3, 1, tzinfo=UTC)  # the next 29 February is in 2032
     for briefing in stored:
         assert describe(briefing, after_leap_day).endswith("_no run within a year_")
+    paused = {reason: describe(replace(stored[0], enabled=False, paused_reason=reason))
+              for reason in ("too_frequent", "not_in_channel", "<!channel>")}
+    assert paused["too_frequent"].endswith("more often than this workspace's minimum interval_")
+    assert paused["not_in_channel"].endswith("_paused by Slack error `not_in_channel`_")
+    assert "<!channel>" not in paused["<!channel>"]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from agents import personas
+from bot.briefings.delivery import TOO_FREQUENT
 from bot.briefings.schedule import (
     HORIZON,
     ScheduleError,
@@ -33,6 +34,7 @@ from bot.settings import Settings
 from bot.slack_client import slack_error
 from storage.repositories import Repositories
 from storage.repositories.briefings import Briefing, BriefingLimitReached
+from storage.repositories.tenant_data import UNINSTALLED
 from storage.tenancy import Tenant
 
 # Slack ids (C…, G…, D…, U…, W…): upper-case letters and digits, within the 32-character
@@ -193,6 +195,13 @@ def next_run(briefing: Briefing, now: datetime | None = None) -> datetime | None
     return fires[0] if fires else None
 
 
+# Pauses that are not a Slack error (those show Slack's error code).
+_PAUSED = {
+    TOO_FREQUENT: "paused: it runs more often than this workspace's minimum interval",
+    UNINSTALLED: "paused: the app was uninstalled",
+}
+
+
 def describe(briefing: Briefing, now: datetime | None = None) -> str:
     """One mrkdwn line: id, channel, schedule, sections and the next run or why it is paused."""
     kinds = ", ".join(section.get("title") or section["kind"] for section in briefing.sections)
@@ -200,7 +209,9 @@ def describe(briefing: Briefing, now: datetime | None = None) -> str:
         upcoming = next_run(briefing, now)
         state = f"next {upcoming:%a %d %b %H:%M %Z}" if upcoming else "no run within a year"
     elif briefing.paused_reason:
-        state = f"paused by Slack error `{briefing.paused_reason}`"
+        state = _PAUSED.get(briefing.paused_reason) or (
+            f"paused by Slack error `{escape(briefing.paused_reason)}`"
+        )
     else:
         state = "paused"
     return (
