@@ -261,20 +261,6 @@ class TurnWatch:
             except Exception as exc:  # housekeeping; the next round retries
                 log.warning("turn_watch_failed", error=repr(exc))
 
-
-async def keep_alive(services: Services, heartbeat: float) -> None:
-    """Heartbeat this process's running turns every ``heartbeat`` seconds until cancelled.
-
-    For a process that serves no Slack (``jamono console``): it closes nobody's turns, but the
-    sweeps of servers sharing its database must not take its long turns for dead ones.
-    """
-    while True:
-        await asyncio.sleep(heartbeat)
-        try:
-            await services.repos.conversations.heartbeat(services.runtime.owner)
-        except Exception as exc:  # the next round retries
-            log.warning("turn_heartbeat_failed", error=repr(exc))
-
     async def _tell(self, turn: OrphanedTurn) -> None:
         """Post the notice in the turn's thread, then leave in the conversation's memory what
         the person was told (or that the answer was interrupted, when nobody could be told)."""
@@ -320,6 +306,20 @@ async def keep_alive(services: Services, heartbeat: float) -> None:
             if call.status == "ok" and tool is not None and tool.risk == "write":
                 lines.append(f"`{call.tool}`: {render.escape(call.result_summary[:200])}")
         return lines
+
+
+async def keep_alive(services: Services, heartbeat: float) -> None:
+    """Heartbeat this process's running turns every ``heartbeat`` seconds until cancelled.
+
+    For a process that serves no Slack (``jamono console``): it closes nobody's turns, but the
+    sweeps of servers sharing its database must not take its long turns for dead ones.
+    """
+    while True:
+        await asyncio.sleep(heartbeat)
+        try:
+            await services.repos.conversations.heartbeat(services.runtime.owner)
+        except Exception as exc:  # the next round retries
+            log.warning("turn_heartbeat_failed", error=repr(exc))
 
 
 def interruption_notice(turn: OrphanedTurn, writes: list[str]) -> str:
