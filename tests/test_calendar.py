@@ -25,6 +25,7 @@ from integrations.calendar import (
     Person,
     build_invitation,
 )
+from integrations.calendar.errors import CalendarBusy, classify
 from tests.radicale import free_port, running_radicale
 
 PARIS = "Europe/Paris"
@@ -484,3 +485,11 @@ async def test_http_failures_are_classified(answering, status, headers, body, ki
     assert "s3cret" not in str(caught.value)
     if headers and "Retry-After" in headers:
         assert caught.value.retry_after == 7
+
+
+def test_a_workspace_over_its_calendar_share_is_not_retried_nor_held_against_the_server():
+    """Like Jira's: 'busy' is Jamono's own per-workspace limit, not the CalDAV server failing,
+    so it must neither be retried nor open the server's circuit."""
+    busy = classify(CalendarBusy("the calendar is busy for this workspace"))
+    assert (busy.transient, busy.caller_fault) == (False, True)
+    assert classify(CalendarUnavailable("down")).transient

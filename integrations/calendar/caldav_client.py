@@ -27,6 +27,7 @@ from icalendar import Calendar, Event
 
 from integrations.calendar.errors import (
     CalendarAuthError,
+    CalendarBusy,
     CalendarError,
     CalendarNotFound,
     CalendarRejected,
@@ -298,7 +299,7 @@ def _translate(exc: Exception, server: str, timeout: float) -> CalendarError:
             "call was stopped"
         )
     if isinstance(exc, PoolBusy):
-        return CalendarUnavailable(
+        return CalendarBusy(
             f"the calendar is busy for this workspace: {exc.share} calls to {server} are "
             "already running; try again in a minute"
         )

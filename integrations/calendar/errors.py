@@ -28,6 +28,11 @@ class CalendarUnavailable(CalendarError):
         self.retry_after = retry_after
 
 
+class CalendarBusy(CalendarUnavailable):
+    """This workspace already runs its share of calendar calls (our own limit, not the
+    server's health): neither retried nor counted against the server's circuit."""
+
+
 class CalendarAuthError(CalendarError):
     """The server refused the username and password (HTTP 401) or the access (403)."""
 
@@ -51,6 +56,8 @@ def classify(exc: BaseException) -> Failure:
     request or an unusable event (``ValueError``) is the caller's fault, so the server counts
     as healthy; bad credentials and a missing calendar are failures a person must fix.
     """
+    if isinstance(exc, CalendarBusy):
+        return Failure(caller_fault=True)
     if isinstance(exc, CalendarUnavailable):
         return Failure(transient=True, retry_after=exc.retry_after)
     if isinstance(exc, CalendarRejected | ValueError):
