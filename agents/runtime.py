@@ -8,7 +8,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, nullcontext
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
@@ -139,6 +139,34 @@ class AgentRuntime:
         """
         if self.llm is None:
             return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
+        async with AsyncExitStack() as admitted:
+            # Admitted before anything is read: a flood of refused turns must stay cheap for
+            # the database the other workspaces share (one write each, below).
+            try:
+                budget = await admitted.enter_async_context(self._admit(request))
+            except OverLimit as exc:
+                return await self._refused(request, exc)
+            return await self._answer(request, budget)
+
+    async def _refused(self, request: TurnRequest, refused: OverLimit) -> TurnOutcome:
+        """Store the person's message with the refused turn, so asking again picks it up."""
+        message = {"role": "user", "content": request.text}
+        await self.repos.conversations.record_refused_turn(
+            request.tenant,
+            request.channel_id,
+            request.thread_ts,
+            request.persona.name,
+            request.user_id,
+            [message],
+            [estimate_tokens(message)],
+            "limited",
+            f"over the limit {refused.refusal.limit.value}",
+        )
+        if self.observe_turn is not None:
+            self.observe_turn(request.persona.name, "limited", 0.0)
+        return TurnOutcome(refused.refusal.message, "limited")
+
+    async def _answer(self, request: TurnRequest, budget: TurnBudget | None) -> TurnOutcome:
         started = time.perf_counter()
         persona = request.persona
         new_messages: list[dict[str, Any]] = [{"role": "user", "content": request.text}]
@@ -183,10 +211,7 @@ class AgentRuntime:
             )
 
         try:
-            async with self._admit(request) as budget:
-                await self._loop(
-                    request, turn_id, history, new_messages, outcome, budget, record
-                )
+            await self._loop(request, turn_id, history, new_messages, outcome, budget, record)
         except OverLimit as exc:
             # The person's message (and any tool round already done) is stored: nothing lost.
             outcome.status, outcome.text = "limited", exc.refusal.message

@@ -341,6 +341,28 @@ class ConversationRepository:
                 usage,
             )
 
+    async def record_refused_turn(
+        self,
+        tenant: Tenant,
+        channel_id: str,
+        thread_ts: str,
+        persona: str,
+        user_id: str,
+        messages: Sequence[dict[str, Any]],
+        tokens: Sequence[int],
+        status: str,
+        error: str,
+    ) -> int:
+        """Store a turn refused before it began (a limit) with its ``messages`` (the person's,
+        so nothing is lost) in one transaction; returns the turn's id. No history is read and
+        nothing runs: a flood of refused turns costs one write each."""
+        async with self._sessions.begin() as session:
+            conversation_id, turn_id = await _open_turn(
+                session, tenant, channel_id, thread_ts, persona, user_id, status, error=error
+            )
+            await _insert_messages(session, conversation_id, turn_id, messages, tokens)
+            return turn_id
+
     async def add_note(
         self,
         tenant: Tenant,
@@ -393,6 +415,7 @@ async def _open_turn(
     user_id: str,
     status: str,
     owner: str | None = None,
+    error: str | None = None,
 ) -> tuple[int, int]:
     """Create the conversation if new and a turn in it; returns (conversation id, turn id)."""
     conversation_id = await _upsert_conversation(session, tenant, channel_id, thread_ts, persona)
@@ -406,6 +429,7 @@ async def _open_turn(
             "persona": persona,
             "user_id": user_id,
             "status": status,
+            "error": error,
             "owner": owner,
             "heartbeat_at": utcnow() if owner is not None else None,
         },
