@@ -70,7 +70,8 @@ async def stolen_rows(engine) -> list[str]:
 
 def assert_no_token_in(cells: list[str], tokens=TOKENS) -> None:
     dump = "\n".join(cells)
-    assert "xox" not in dump and "hooks.slack.com" not in dump
+    # Per cell: Fernet ciphertext is random base64, so "xox" turns up inside it now and then.
+    assert not any(cell.startswith(("xox", "https://hooks.slack.com")) for cell in cells)
     for token in tokens:
         assert token not in dump
 
