@@ -26,10 +26,9 @@ Metric names follow https://prometheus.io/docs/practices/naming/ (base units, ``
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import astuple, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -51,10 +50,9 @@ CostOf = Callable[[str, int, int], float | None]
 """``cost(model, prompt_tokens, completion_tokens)`` → US dollars, ``None`` for an unpriced
 model. Prices are linear in tokens, so the cost of summed tokens is the summed cost."""
 
-BudgetRejections = Callable[
-    [], Mapping[tuple[str, str], int] | Awaitable[Mapping[tuple[str, str], int]]
-]
-"""Returns (or awaits) the number of refused turns per ``(team_id, limit)`` so far."""
+BudgetRejections = Callable[[], Mapping[tuple[str, str], int]]
+"""Returns the number of refused turns per ``(team_id, limit)`` so far
+(:meth:`agents.budgets.Budgets.rejections`)."""
 
 OTHER_TOOL = "other"
 TURN_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)  # seconds
@@ -155,8 +153,7 @@ class JamonoCollector(Collector):
             self._snapshot = None
         if self.budget_rejections is not None:
             try:
-                found = self.budget_rejections()
-                self._rejections = await found if inspect.isawaitable(found) else found
+                self._rejections = self.budget_rejections()
             except Exception as exc:
                 log.warning("metrics_budget_rejections_failed", error=repr(exc))
 

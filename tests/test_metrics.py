@@ -286,7 +286,7 @@ async def test_cost_budget_rejections_and_tool_names_as_the_integrator_wires_the
         Tenant(team_id=ACME), turn_id=None, persona="nox", user_id="U1",
         tool="x" * 60, arguments={}, result_summary="", status="unknown_tool", duration_ms=1)
 
-    async def rejections():
+    def rejections():  # as Budgets.rejections: this process's counts
         return {(ACME, "turns_per_minute"): 4}
 
     metrics = collector_over(
