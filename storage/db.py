@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -11,6 +11,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from storage.sqlite_driver import InlineConnection
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -37,33 +39,24 @@ def async_url(database_url: str) -> URL:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """An async engine. SQLite files get WAL and a busy timeout: concurrent writers wait.
+    """An async engine. SQLite files get WAL, and their statements run on the loop's thread
+    (``storage.sqlite_driver``); a write waits up to 30 s for another process's.
 
     A process uses one SQLite connection: SQLite takes one writer at a time anyway, and
     queueing for the pool's connection is FIFO, where concurrent connections would meet
     SQLite's busy handler (sleeps of up to 100 ms) or fail a read-then-write transaction
-    with ``SQLITE_BUSY``. Other processes on the same file still wait up to 30 s.
+    with ``SQLITE_BUSY``.
     """
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(
+        database = url.database or ":memory:"
+        return create_async_engine(
             url,
-            connect_args={"timeout": 30},
+            async_creator=lambda: InlineConnection.open(database),
             poolclass=AsyncAdaptedQueuePool,
             pool_size=1,
             max_overflow=0,
         )
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - driver callback
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
