@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import structlog
 from aiohttp import ClientSession
 from slack_bolt.async_app import AsyncApp
+from slack_bolt.authorization.async_authorize import AsyncInstallationStoreAuthorize
 from slack_bolt.oauth.async_oauth_flow import AsyncOAuthFlow
 from slack_bolt.oauth.async_oauth_settings import AsyncOAuthSettings
 from slack_sdk.oauth.state_store.sqlalchemy import AsyncSQLAlchemyOAuthStateStore
@@ -76,10 +78,22 @@ def build_app(services: Services, session: ClientSession) -> AsyncApp:
                 ),
             ),
         )
+        client = web_client(settings.slack_api_url, session=session)
         app = AsyncApp(
-            client=web_client(settings.slack_api_url, session=session),
+            client=client,
             oauth_flow=oauth_flow,
             installation_store=installation_store,
+            # Bolt's default asks Slack's auth.test on every event. The cache is keyed by
+            # the token, looked up after the installation: an uninstalled workspace (its
+            # installation deleted) or a new token never reaches a stale entry.
+            authorize=AsyncInstallationStoreAuthorize(
+                logger=logging.getLogger("slack_bolt.AsyncApp"),
+                installation_store=installation_store,
+                client_id=settings.slack_client_id,
+                client_secret=settings.slack_client_secret.get_secret_value(),
+                cache_enabled=True,
+                client=client,
+            ),
             **common,
         )
     else:

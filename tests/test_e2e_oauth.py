@@ -137,3 +137,37 @@ async def test_a_link_token_is_sent_with_the_workspace_token_and_binds_its_team(
     token = re.search(r"```(.+?)```", dm.params["text"]).group(1)
     identity = TokenVerifier(SECRET, "HS256").verify(token)
     assert (identity.owner.team_id, identity.owner.slack_user_id) == (GLOBEX, ALICE)
+
+
+async def test_auth_test_is_asked_once_per_token_and_an_uninstall_still_ends_authorization(
+    http, jamono, slack
+):
+    def auth_tests() -> list[str]:
+        return [call.token for call in slack.calls_to("auth.test")]
+
+    await install(http, jamono, slack, ACME, ACME_TOKEN, "code-acme")
+    installed = auth_tests()  # the OAuth flow asks once for the bot's id
+    for n in range(3):
+        ts = f"170000050{n}.000100"
+        await mention(http, jamono, slack, ACME, f"question {n}", ts)
+        await slack.wait_for("chat.postMessage", lambda p, ts=ts: p.get("thread_ts") == ts)
+    assert auth_tests() == [*installed, ACME_TOKEN]
+
+    status, _ = await post_event(http, jamono.url + "/slack/events", SIGNING_SECRET,
+                                 slack.event_callback(ACME, {"type": "app_uninstalled",
+                                                             "event_ts": slack.new_ts()}))
+    assert status == 200
+    await jamono.wait_for_output("tenant_uninstalled")
+    await mention(http, jamono, slack, ACME, "still there?", "1700000600.000100")
+
+    renewed = "xoxb-acme-reinstalled"
+    await install(http, jamono, slack, ACME, renewed, "code-acme-again")
+    reinstalled = auth_tests()
+    await mention(http, jamono, slack, ACME, "back again", "1700000700.000100")
+    (answer,) = await slack.wait_for("chat.postMessage",
+                                     lambda p: p.get("thread_ts") == "1700000700.000100")
+    assert answer.token == renewed
+    # The cached authorization of the removed token let nothing through.
+    assert not [c for c in slack.calls_to("chat.postMessage")
+                if c.params.get("thread_ts") == "1700000600.000100"]
+    assert auth_tests() == [*reinstalled, renewed]
