@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Protocol
 
 import structlog
-from limits import RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
@@ -38,6 +38,13 @@ from storage.tenancy import Tenant
 log = structlog.get_logger(__name__)
 
 TURN_LEASE = 900.0
+
+#: A workspace's minute of turns is spread over its six 10-second slices: at most a sixth of
+#: it (never fewer than BURST_FLOOR turns) starts in any 10 seconds. A moving minute alone
+#: lets a flood start the whole minute's turns at once, and their bursts of work are what
+#: the other workspaces on the process feel.
+BURST_SLICE_SECONDS = 10
+BURST_FLOOR = 5
 """Seconds a concurrency slot is held at most: a replica that dies mid-turn frees it after this."""
 
 Price = tuple[float, float]
@@ -209,6 +216,13 @@ def spend_refusal(
         return Refusal(Limit.USD_PER_DAY, refusal_text(Limit.USD_PER_DAY, used, resets, now),
                        resets)
     return None
+
+
+def workspace_burst(per_minute: int) -> int:
+    """The most of a workspace's ``per_minute`` turns that may start in any
+    :data:`BURST_SLICE_SECONDS` seconds."""
+    slices = 60 // BURST_SLICE_SECONDS
+    return min(per_minute, max(BURST_FLOOR, -(-per_minute // slices)))
 
 
 def refusal_text(limit: Limit, detail: str, resets_at: datetime | None, now: datetime) -> str:
@@ -493,16 +507,23 @@ class Budgets:
                     refusal_text(Limit.CONCURRENT_TURNS, detail, None, self._clock()),
                     None,
                 ))
-        windows = [
-            (limit, RateLimitItemPerMinute(amount), identifiers, f"{amount} {unit}")
-            for limit, amount, identifiers, unit in (
-                (Limit.TURNS_PER_MINUTE_USER, limits.turns_per_minute_user,
-                 ("user", tenant.id, turn.user_id), "turns per minute for one person"),
-                (Limit.TURNS_PER_MINUTE_WORKSPACE, limits.turns_per_minute_workspace,
-                 ("workspace", tenant.id), "turns per minute"),
-            )
-            if amount
-        ]
+        windows: list[tuple[Limit, RateLimitItem, tuple[str, ...], str]] = []
+        if amount := limits.turns_per_minute_user:
+            windows.append((Limit.TURNS_PER_MINUTE_USER, RateLimitItemPerMinute(amount),
+                            ("user", tenant.id, turn.user_id),
+                            f"{amount} turns per minute for one person"))
+        if amount := limits.turns_per_minute_workspace:
+            burst = workspace_burst(amount)
+            windows.append((Limit.TURNS_PER_MINUTE_WORKSPACE, RateLimitItemPerMinute(amount),
+                            ("workspace", tenant.id), f"{amount} turns per minute"))
+            if burst < amount:
+                windows.append((
+                    Limit.TURNS_PER_MINUTE_WORKSPACE,
+                    RateLimitItemPerSecond(burst, BURST_SLICE_SECONDS),
+                    ("workspace-burst", tenant.id),
+                    f"{amount} turns per minute, at most {burst} of them in "
+                    f"{BURST_SLICE_SECONDS} seconds",
+                ))
         try:
             for limit, item, identifiers, detail in windows:
                 if not await self._window.test(item, *identifiers):
@@ -515,7 +536,7 @@ class Budgets:
             raise
 
     async def _window_refusal(
-        self, tenant: Tenant, limit: Limit, item: RateLimitItemPerMinute,
+        self, tenant: Tenant, limit: Limit, item: RateLimitItem,
         identifiers: tuple[str, ...], detail: str,
     ) -> None:
         stats = await self._window.get_window_stats(item, *identifiers)

@@ -132,10 +132,14 @@ class AgentRuntime:
             tool_timeout=tool_timeout,
         )
 
-    async def run(self, request: TurnRequest) -> TurnOutcome:
+    async def run(
+        self, request: TurnRequest, on_admitted: Callable[[], None] | None = None
+    ) -> TurnOutcome:
         """Answer one message. Never raises for LLM or tool failures: the outcome says what failed.
 
-        Raises only for storage failures (the caller reports them) and cancellation.
+        ``on_admitted`` is called once the limits admitted the turn, before the model is asked
+        (a refused turn never calls it). Raises only for storage failures (the caller reports
+        them) and cancellation.
         """
         if self.llm is None:
             return TurnOutcome(NOT_CONFIGURED_HINT, "not_configured")
@@ -146,6 +150,8 @@ class AgentRuntime:
                 budget = await admitted.enter_async_context(self._admit(request))
             except OverLimit as exc:
                 return await self._refused(request, exc)
+            if on_admitted is not None:
+                on_admitted()
             return await self._answer(request, budget)
 
     async def _refused(self, request: TurnRequest, refused: OverLimit) -> TurnOutcome:

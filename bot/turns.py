@@ -142,10 +142,16 @@ class SlackTurns:
         reply_thread: str | None,
     ) -> None:
         channel = request.channel_id
-        # The indicator goes up while the model already works: it costs no latency.
-        indicator = asyncio.create_task(self._react(client, "add", channel, message_ts))
+        indicator: asyncio.Task[bool] | None = None
+
+        def working() -> None:
+            # Up while the model already works: it costs no latency. Not for a turn the
+            # limits refuse: a flood of those would double its own Slack calls.
+            nonlocal indicator
+            indicator = asyncio.create_task(self._react(client, "add", channel, message_ts))
+
         try:
-            outcome = await self.services.runtime.run(request)
+            outcome = await self.services.runtime.run(request, on_admitted=working)
             reply = _signed(request.persona, render.answer(outcome))
         except asyncio.CancelledError as cancelled:
             if cancelled.args == (UNINSTALLED,):
@@ -170,13 +176,14 @@ class SlackTurns:
         client: AsyncWebClient,
         reply_thread: str | None,
         reply: Reply,
-        indicator: asyncio.Task[bool],
+        indicator: asyncio.Task[bool] | None,
         channel: str,
         message_ts: str,
     ) -> None:
-        """Post the reply, then take the indicator down: the person waits for the answer."""
+        """Post the reply, then take the indicator (if up) down: the person waits for the
+        answer."""
         await self._post(client, channel, reply_thread, reply)
-        if await indicator:
+        if indicator is not None and await indicator:
             await self._react(client, "remove", channel, message_ts)
 
     async def _post(

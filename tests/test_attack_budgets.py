@@ -27,6 +27,7 @@ from agents.budgets import (
     Refusal,
     parse_limit,
     spend_refusal,
+    workspace_burst,
 )
 from agents.personas import NOX
 from agents.runtime import AgentRuntime, TurnRequest
@@ -144,6 +145,9 @@ async def test_a_user_flooding_mentions_is_told_the_limit_and_the_llm_sees_only_
     # Nothing is lost: a refused message is stored in its conversation for the next turn.
     history = await services.repos.conversations.recent_messages(TENANT, "C0OPS", "200.7")
     assert [(m.role, m.content) for m in history] == [("user", "flood 7")]
+    # Only the admitted turns show the working indicator: a refused one costs one post.
+    reacted = sorted(c.params["timestamp"] for c in slack.calls_to("reactions.add"))
+    assert reacted == ["200.0", "200.1", "200.2", "300.1"]
 
 
 async def test_many_users_cannot_exceed_the_workspace_rate(sqlite_url, llm):
@@ -159,6 +163,27 @@ async def test_many_users_cannot_exceed_the_workspace_rate(sqlite_url, llm):
     assert "This workspace has reached its limit of 4 turns per minute" in outcomes[-1].text
     assert other.status == "ok"  # another workspace keeps its own window
     assert len(llm.requests) == 5
+
+
+async def test_a_flood_of_many_users_starts_at_most_a_sixth_of_the_minute_in_ten_seconds(
+    sqlite_url, llm
+):
+    services = await start(sqlite_url, llm, JAMONO_TURNS_PER_MINUTE_WORKSPACE=60)
+    try:
+        outcomes = [
+            await services.runtime.run(ask(user=f"U{n:04d}", thread=f"1.{n}")) for n in range(12)
+        ]
+    finally:
+        await services.close()
+    assert [o.status for o in outcomes] == ["ok"] * 10 + ["limited"] * 2
+    assert ("limit of 60 turns per minute, at most 10 of them in 10 seconds"
+            in outcomes[-1].text)
+    assert "It resets at" in outcomes[-1].text
+
+
+def test_the_burst_is_a_sixth_of_the_minute_but_never_below_the_floor():
+    assert [workspace_burst(n) for n in (1, 4, 5, 12, 30, 60, 61, 600)] == [
+        1, 4, 5, 5, 5, 10, 11, 100]
 
 
 # Daily tokens and money --------------------------------------------------------------------
