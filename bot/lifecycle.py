@@ -35,6 +35,7 @@ from slack_sdk.oauth.installation_store.async_installation_store import AsyncIns
 
 from bot.services import Services
 from storage.db import session_factory
+from storage.installations import EncryptedInstallationStore
 from storage.repositories.tenant_data import TenantDataRepository
 from storage.tenancy import Tenant
 
@@ -80,11 +81,12 @@ class TenantLifecycle:
             sessions_closed=closed,
         )
 
-    async def listen(self) -> None:
+    async def listen(self, store: AsyncInstallationStore | None = None) -> None:
         """Run for the life of the process when Redis is configured: stop here the turns and
-        sessions of a tenant uninstalled through another replica. Reconnects after Redis
-        failures; a tenant announced while this process was not listening still has no
-        token, credentials or running briefings."""
+        sessions of a tenant uninstalled through another replica, and forget what ``store``
+        (the Bolt app's) found for it. Reconnects after Redis failures; a tenant announced
+        while this process was not listening still has no token, credentials or running
+        briefings (and its installation leaves the store's cache within a minute)."""
         redis = self.services.redis
         while True:
             pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -93,7 +95,7 @@ class TenantLifecycle:
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
-                        await self._heard(message["data"])
+                        await self._heard(message["data"], store)
             except (RedisError, OSError) as exc:
                 log.warning("tenant_listener_lost", error=repr(exc))
             finally:
@@ -101,7 +103,7 @@ class TenantLifecycle:
                     await pubsub.aclose()
             await asyncio.sleep(RESUBSCRIBE_DELAY)
 
-    async def _heard(self, data: bytes | str) -> None:
+    async def _heard(self, data: bytes | str, store: AsyncInstallationStore | None) -> None:
         try:
             announcement = json.loads(data)
             tenant_id, origin = str(announcement["tenant"]), announcement["from"]
@@ -110,6 +112,8 @@ class TenantLifecycle:
             return
         if origin == PROCESS:
             return
+        if isinstance(store, EncryptedInstallationStore):
+            store.forget(tenant_id)
         cancelled = self._cancel_here(tenant_id)
         closed = await self._stop_here(tenant_id)
         log.warning(

@@ -112,7 +112,10 @@ class Server:
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
         if self.services.redis is not None:  # uninstalls handled by other replicas
             self._background.append(asyncio.create_task(
-                TenantLifecycle(self.services).listen(), name="tenant-lifecycle"
+                TenantLifecycle(self.services).listen(
+                    self.bolt.installation_store if self.bolt is not None else None
+                ),
+                name="tenant-lifecycle",
             ))
         if self.bolt is not None:
             self._background.append(

@@ -223,3 +223,29 @@ async def test_an_uninstall_handled_by_one_replica_cancels_turns_on_the_other(
         assert uninstalled_line(second.output)["turns_cancelled"] == 0
         assert "tenant_stopped_here" not in second.output  # its own announcement
         llm.delay(0)
+
+
+async def test_an_uninstall_on_one_replica_ends_the_installation_the_other_had_found(
+    http, slack, llm, sqlite_url, redis_url, tmp_path
+):
+    settings = oauth_settings(slack, llm, sqlite_url) | {"REDIS_URL": redis_url}
+    async with replicas(settings, tmp_path) as (first, second):
+        await install(http, first, slack, ACME, ACME_TOKEN, "code-acme")
+        await install(http, first, slack, GLOBEX, GLOBEX_TOKEN, "code-globex")
+
+        async def ask(team: str, ts: str) -> None:
+            event = slack.app_mention_event(ALICE, "C0ASK", f"<@{BOT}> hello", ts=ts)
+            await lifecycle_event(http, first, slack, team, event)
+
+        await ask(ACME, "1700000100.000100")  # the first replica finds and keeps ACME's
+        await slack.wait_for("chat.postMessage",
+                             lambda p: p.get("thread_ts") == "1700000100.000100")
+        await lifecycle_event(http, second, slack, ACME, {"type": "app_uninstalled",
+                                                          "event_ts": slack.new_ts()})
+        await first.wait_for_output("tenant_stopped_here")
+        await ask(ACME, "1700000200.000100")
+        await ask(GLOBEX, "1700000300.000100")  # answered: the first replica is working
+        await slack.wait_for("chat.postMessage",
+                             lambda p: p.get("thread_ts") == "1700000300.000100")
+        assert not [c for c in slack.calls_to("chat.postMessage")
+                    if c.params.get("thread_ts") == "1700000200.000100"]
