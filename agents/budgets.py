@@ -39,12 +39,18 @@ log = structlog.get_logger(__name__)
 
 TURN_LEASE = 900.0
 
-#: A workspace's minute of turns is spread over its six 10-second slices: at most a sixth of
-#: it (never fewer than BURST_FLOOR turns) starts in any 10 seconds. A moving minute alone
-#: lets a flood start the whole minute's turns at once, and their bursts of work are what
-#: the other workspaces on the process feel.
-BURST_SLICE_SECONDS = 10
+#: A workspace's minute of turns is spread over its slices of BURST_SLICE_SECONDS: at most
+#: that share of it (never fewer than BURST_FLOOR turns) starts in any one slice. A moving
+#: minute alone lets a flood start the whole minute's turns at once, and their bursts of work
+#: are what the other workspaces on the process feel.
+BURST_SLICE_SECONDS = 5
 BURST_FLOOR = 5
+
+#: How long a person told of a limit with no reset time (concurrency) is not told again.
+QUIET_WITHOUT_RESET = timedelta(minutes=1)
+TOLD_PRUNE_AT = 10_000  # remembered notices before the expired ones are dropped
+
+
 """Seconds a concurrency slot is held at most: a replica that dies mid-turn frees it after this."""
 
 Price = tuple[float, float]
@@ -432,10 +438,25 @@ class Budgets:
             self._slots = _MemorySlots()
         self._window = MovingWindowRateLimiter(storage)
         self._rejections: Counter[tuple[str, str]] = Counter()
+        self._told: dict[tuple[str, str, Limit], datetime] = {}
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for ``prompt_tokens`` + ``completion_tokens`` of ``model`` (the price table)."""
         return self.prices.cost(model, prompt_tokens, completion_tokens)
+
+    def first_notice(self, tenant: Tenant, user_id: str, refusal: Refusal) -> bool:
+        """Whether ``user_id`` should be told of ``refusal``: the first time, and again once
+        the limit has reset (or, for a limit with no reset time, after
+        :data:`QUIET_WITHOUT_RESET`). A flood hears its refusal once, rather than answering
+        each message with a post Slack allows about once a second per channel."""
+        now = self._clock()
+        if len(self._told) > TOLD_PRUNE_AT:
+            self._told = {key: until for key, until in self._told.items() if until > now}
+        key = (tenant.id, user_id, refusal.limit)
+        if self._told.get(key, now) > now:
+            return False
+        self._told[key] = refusal.resets_at or now + QUIET_WITHOUT_RESET
+        return True
 
     def rejections(self) -> dict[tuple[str, str], int]:
         """Refusals in this process since start: ``{(tenant id, limit name): count}``."""

@@ -79,6 +79,8 @@ class TurnOutcome:
     status: TurnStatus
     tool_runs: list[ToolRun] = field(default_factory=list)
     usage: list[LLMCallUsage] = field(default_factory=list)  # one entry per LLM call
+    # Nothing new to tell: a refusal the person already heard until the limit resets.
+    quiet: bool = False
 
 
 class AgentRuntime:
@@ -170,7 +172,10 @@ class AgentRuntime:
         )
         if self.observe_turn is not None:
             self.observe_turn(request.persona.name, "limited", 0.0)
-        return TurnOutcome(refused.refusal.message, "limited")
+        told = self.budgets is None or self.budgets.first_notice(
+            request.tenant, request.user_id, refused.refusal
+        )
+        return TurnOutcome(refused.refusal.message, "limited", quiet=not told)
 
     async def _answer(self, request: TurnRequest, budget: TurnBudget | None) -> TurnOutcome:
         started = time.perf_counter()

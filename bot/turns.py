@@ -152,6 +152,8 @@ class SlackTurns:
 
         try:
             outcome = await self.services.runtime.run(request, on_admitted=working)
+            if outcome.quiet:
+                return
             reply = _signed(request.persona, render.answer(outcome))
         except asyncio.CancelledError as cancelled:
             if cancelled.args == (UNINSTALLED,):
