@@ -41,8 +41,11 @@ from tests.process import JamonoProcess, free_port  # noqa: E402
 WARMUP = 20
 
 
-async def drive(url: str, slack: FakeSlack, events: int, in_flight: int, channel: str):
-    """POST ``events`` mentions; returns (ack latencies, answer latencies) in milliseconds."""
+async def drive(url: str, slack: FakeSlack, events: int, in_flight: int, channel: str,
+                interval: float = 0.0):
+    """POST ``events`` mentions, at most ``in_flight`` unanswered at a time (closed loop) and,
+    with ``interval`` (seconds), the i-th no earlier than ``i * interval`` after the first (a
+    steady rate); returns (ack latencies, answer latencies) in milliseconds."""
     acks: list[float] = []
     answers: list[float] = []
     sent: dict[str, float] = {}
@@ -61,6 +64,7 @@ async def drive(url: str, slack: FakeSlack, events: int, in_flight: int, channel
         async def one(i: int) -> None:
             event = slack.app_mention_event(ALICE, channel, f"<@{BOT}> ping {i}")
             body = slack.event_callback(ACME, event)
+            await asyncio.sleep(i * interval)
             async with gate:
                 answer = answered[event["ts"]] = asyncio.get_running_loop().create_future()
                 started = sent[event["ts"]] = time.monotonic()

@@ -3,12 +3,13 @@
 A mention claims its delivery, loads the workspace's configuration, opens a turn (reading the
 thread's history) and finishes it (messages, outcome, token usage). This times each call on
 ``--database-url`` (default: a new SQLite file, migrated first) and prints CPU time and wall
-time per call in microseconds; CPU time counts every thread of the process, so it includes
-aiosqlite's worker thread.
+time per call in microseconds; CPU time counts every thread of the process, so it includes the
+SQLite connection's own thread (``COMMIT`` runs there; statements run on the loop's thread,
+``storage/sqlite_driver.py``).
 
-It also prints what one database round trip costs through aiosqlite (a ``SELECT 1`` queued to
-its worker thread) against the same statement on the ``sqlite3`` module directly: SQLAlchemy's
-aiosqlite adapter makes three or four such trips per statement.
+For reference it prints what one database round trip costs through aiosqlite (a
+``SELECT 1`` queued to its worker thread), which SQLAlchemy's aiosqlite adapter made three or
+four times per statement before that driver, against the same statement on ``sqlite3``.
 
     python bench/turn_storage.py [--calls 1000] [--database-url URL]
 """
