@@ -193,7 +193,7 @@ async def main() -> None:
                     return answers
 
                 await drive(url, slack, WARMUP, args.in_flight, "C0WARM", interval)
-                peak_stuck = 0
+                stuck = 0  # connections B's turns opened to the trickle while A ran
                 for n in range(args.rounds):
                     await settle(trickle, args.deadline)
                     alone = await a_runs(f"C0ALONE{n}")
@@ -204,8 +204,9 @@ async def main() -> None:
                     await save_jira(database_url, key, GLOBEX, trickle.url, jira)
                     async with flooding(url, slack, args):
                         await trickle.wait_open(1)  # B's turns are stuck on its Jira
+                        opened = trickle.accepted
                         loaded = await a_runs(f"C0LOADED{n}")
-                        peak_stuck = max(peak_stuck, trickle.open)
+                        stuck += trickle.accepted - opened
                     phases["alone"] += alone
                     phases["healthy"] += healthy
                     phases["trickle"] += loaded
@@ -228,11 +229,12 @@ async def main() -> None:
           f"{'yes' if ratio <= 1.5 else 'NO'}); {l99 / h99:.2f}x its p99 while B floods "
           "with a healthy Jira")
     print("each round's ratio: " + ", ".join(f"{r:.2f}x" for r in ratios))
-    limited = sum("limit" in text for text in b_answers)  # each person hears a refusal once per window
+    # Each person hears a refusal once until its limit resets.
+    limited = sum("limit" in text for text in b_answers)
     print(f"B: {args.flood_rate:g} mentions/s from {args.flood_users} people; turn limits "
           f"{'lifted' if args.b_unlimited else 'the defaults'}; {len(b_answers)} answers, "
-          f"{limited} of them a limit's refusal; up to {peak_stuck} connection(s) held on the "
-          f"trickling Jira (deadline {args.deadline:g} s)")
+          f"{limited} of them a limit's refusal; {stuck} connection(s) to the trickling Jira "
+          f"opened while A ran (deadline {args.deadline:g} s)")
     if b_answers:
         print(f"B's last answer: {b_answers[-1][:160]!r}")
 
