@@ -103,7 +103,9 @@ class InlineConnection:
     """aiosqlite's ``Connection`` interface over a ``sqlite3.Connection``.
 
     Open with :meth:`open`. Not safe for concurrent use: the engine's pool hands the one
-    connection to one session at a time, as for any DBAPI connection.
+    connection to one session at a time, as for any DBAPI connection. Only what the dialect
+    calls is here: no ``AUTOCOMMIT`` isolation level (the dialect sets it through aiosqlite's
+    private queue), which Jamono does not use.
     """
 
     def __init__(self, raw: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
@@ -164,10 +166,6 @@ class InlineConnection:
 
     def cursor(self) -> InlineCursor:
         return InlineCursor(self)
-
-    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> InlineCursor:
-        cursor = self.cursor()
-        return await cursor.execute(sql, parameters)
 
     async def commit(self) -> None:
         await self._patiently(self.raw.commit)
