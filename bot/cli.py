@@ -363,6 +363,9 @@ def _config_limit(settings: Settings, tenant: Tenant, words: list[str]) -> int:
             for name, current in asdict(limits).items():
                 source = "set for this workspace" if name in overrides else "default"
                 print(f"{name} = {current} ({'off' if not current else source})")
+            if words and services.redis is None:
+                print(f"Running servers apply the change within {services.workspace_cache.ttl:g} "
+                      "seconds (at once when they share Redis).")
 
     return _execute(main())
 
@@ -562,6 +565,7 @@ def _tenant_data(settings: Settings, args: argparse.Namespace) -> int:
                 return 2
             else:
                 summary = await data.erase(tenant)
+                await services.workspace_cache.changed(tenant.id)
                 log.warning("tenant_erased", tenant=tenant.id, rows=sum(summary.values()))
                 print(f"Erased workspace {tenant.id}:", file=sys.stderr)
         _print_counts(summary)

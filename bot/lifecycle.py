@@ -22,11 +22,9 @@ Conversations, audit and other rows stay until an operator runs ``jamono tenant 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from collections.abc import Awaitable
-from contextlib import suppress
 from typing import TypeVar
 
 import structlog
@@ -34,6 +32,7 @@ from redis.exceptions import RedisError
 from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
 
 from bot.services import Services
+from storage import pubsub
 from storage.db import session_factory
 from storage.installations import EncryptedInstallationStore
 from storage.repositories.tenant_data import TenantDataRepository
@@ -43,7 +42,6 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "jamono:tenants:uninstalled"  # Redis pub/sub: {"tenant": id, "from": PROCESS}
 PROCESS = secrets.token_hex(8)  # tells this process's own announcements apart
-RESUBSCRIBE_DELAY = 2.0  # seconds before listening again after Redis failed
 
 T = TypeVar("T")
 
@@ -87,21 +85,9 @@ class TenantLifecycle:
         (the Bolt app's) found for it. Reconnects after Redis failures; a tenant announced
         while this process was not listening still has no token, credentials or running
         briefings (and its installation leaves the store's cache within a minute)."""
-        redis = self.services.redis
-        while True:
-            pubsub = redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        await self._heard(message["data"], store)
-            except (RedisError, OSError) as exc:
-                log.warning("tenant_listener_lost", error=repr(exc))
-            finally:
-                with suppress(RedisError, OSError):
-                    await pubsub.aclose()
-            await asyncio.sleep(RESUBSCRIBE_DELAY)
+        await pubsub.listen(
+            self.services.redis, CHANNEL, lambda data: self._heard(data, store)
+        )
 
     async def _heard(self, data: bytes | str, store: AsyncInstallationStore | None) -> None:
         try:

@@ -111,7 +111,10 @@ class Server:
             await self.socket.connect_async()
             log.info("socket_mode_connected")
         self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
-        if self.services.redis is not None:  # uninstalls handled by other replicas
+        if self.services.redis is not None:  # what other replicas changed or uninstalled
+            self._background.append(asyncio.create_task(
+                self.services.workspace_cache.listen(), name="workspace-changes"
+            ))
             self._background.append(asyncio.create_task(
                 TenantLifecycle(self.services).listen(
                     self.bolt.installation_store if self.bolt is not None else None

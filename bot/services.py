@@ -50,6 +50,7 @@ from integrations.resilience import Resilience
 from storage import migrate
 from storage.db import create_engine, ping, session_factory
 from storage.repositories import Repositories
+from storage.workspace_cache import WorkspaceCache
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +76,7 @@ class Services:
     briefings: Briefings
     slack_http: aiohttp.ClientSession  # one connection pool to Slack for every Web API client
     metrics: Metrics  # GET /metrics (bot/metrics.py)
+    workspace_cache: WorkspaceCache  # the configuration turns read (storage/workspace_cache.py)
     cross_session: CrossSession | None = None
     scheduler: Scheduler | None = None  # set by the server that runs it
     # What start() opened, closed in reverse order by close().
@@ -101,7 +103,8 @@ class Services:
         redis = await _connect_redis(settings.redis_url)
         if redis is not None:
             resources.push_async_callback(redis.aclose)
-        repos = Repositories.over(session_factory(engine), settings.secret_box())
+        workspace_cache = WorkspaceCache(redis=redis)
+        repos = Repositories.over(session_factory(engine), settings.secret_box(), workspace_cache)
         llm = (
             LLMClient(
                 settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -209,6 +212,7 @@ class Services:
             briefings=briefings,
             slack_http=slack_http,
             metrics=metrics,
+            workspace_cache=workspace_cache,
         )
 
     async def close(self) -> None:

@@ -119,15 +119,20 @@ async def register(http: aiohttp.ClientSession, url: str, jwt_token: str,
     return ws, answer["result"]["session_id"]
 
 
-async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    """Poll an async ``predicate`` until it returns a truthy value."""
+async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05):
+    """Poll an async ``predicate`` until it returns a truthy value, which is returned; for
+    what happens in another process or over Redis, where no clock can be injected.
+
+    Raises:
+        AssertionError: still falsy after ``timeout`` seconds.
+    """
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await predicate()
         if value:
             return value
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"not true within {timeout:g} s: {predicate.__name__}")
         await asyncio.sleep(interval)
 
 

@@ -28,6 +28,7 @@ from storage import migrate
 from storage.db import create_engine, session_factory
 from storage.repositories import Repositories
 from storage.repositories.briefings import DeliveryState
+from tests.cross_session_support import wait_until
 from tests.e2e import ACME_TOKEN, SIGNING_SECRET, base_settings, started
 from tests.test_briefings_delivery import TENANT, posts, start_services, subscribe
 
@@ -64,17 +65,6 @@ class JobStore:
         self.engine.dispose()
 
 
-async def eventually(check, timeout: float = 15.0, step: float = 0.1):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {timeout} s: {check.__name__}")
-        await asyncio.sleep(step)
-
-
 async def test_jobs_survive_a_restart_and_missed_runs_follow_the_grace_time(database_url, slack):
     services = await start_services(database_url, slack)
     on_time = await subscribe(services, channel="C0LATE")
@@ -92,7 +82,7 @@ async def test_jobs_survive_a_restart_and_missed_runs_follow_the_grace_time(data
         async def both_jobs_stored():
             return len(store.next_runs()) == 2
 
-        await eventually(both_jobs_stored)
+        await wait_until(both_jobs_stored)
         stored = store.next_runs()
         expected = parse_schedule("weekdays 09:00").next_fire_times(
             "Europe/Paris", on_time.updated_at, 1
@@ -122,7 +112,7 @@ async def test_jobs_survive_a_restart_and_missed_runs_follow_the_grace_time(data
             done = all(r and r[0].state is not DeliveryState.SENDING for r in runs)
             return runs if done else None
 
-        late_run, skipped_run = await eventually(both_recorded)
+        late_run, skipped_run = await wait_until(both_recorded)
         assert [(d.state, d.scheduled_for) for d in late_run] == [
             (DeliveryState.POSTED, now - timedelta(minutes=5))
         ]
@@ -136,7 +126,7 @@ async def test_jobs_survive_a_restart_and_missed_runs_follow_the_grace_time(data
             runs = store.next_runs()
             return all(run > now for run in runs.values()) and runs
 
-        assert set((await eventually(rescheduled)).values()) == {expected}
+        assert set((await wait_until(rescheduled)).values()) == {expected}
     finally:
         await scheduler.stop()
         await services.close()
@@ -158,7 +148,7 @@ async def test_a_paused_or_removed_briefing_leaves_the_job_store(sqlite_url, sla
         async def three_jobs():
             return len(store.next_runs()) == 3
 
-        await eventually(three_jobs)
+        await wait_until(three_jobs)
         await services.repos.briefings.set_enabled(TENANT, paused.id, False)
         await services.repos.briefings.delete(TENANT, removed.id)
         scheduler.sync_soon()
@@ -166,7 +156,7 @@ async def test_a_paused_or_removed_briefing_leaves_the_job_store(sqlite_url, sla
         async def one_job():
             return set(store.next_runs()) == {JOB_PREFIX + str(kept.id)}
 
-        await eventually(one_job)
+        await wait_until(one_job)
     finally:
         await scheduler.stop()
         await services.close()
@@ -211,7 +201,7 @@ async def test_an_advisory_lock_has_one_holder_and_frees_when_its_connection_die
         async def taken_over():
             return await second.acquire()
 
-        await eventually(taken_over, timeout=10)
+        await wait_until(taken_over, timeout=10)
         assert not await first.renew()
     finally:
         await second.release()
@@ -265,7 +255,7 @@ async def test_killing_the_leader_hands_over_and_no_run_is_posted_twice(
         async def follower_leads():
             return follower.count("scheduler_leading") == 1
 
-        await eventually(follower_leads, timeout=30)
+        await wait_until(follower_leads, timeout=30)
         await slack.wait_for(
             "chat.postMessage", lambda p: p.get("channel") == "C0AFTER", timeout=45
         )
@@ -273,7 +263,7 @@ async def test_killing_the_leader_hands_over_and_no_run_is_posted_twice(
         async def duplicate_refused():
             return follower.count("briefing_already_claimed") == 1
 
-        await eventually(duplicate_refused, timeout=10)
+        await wait_until(duplicate_refused, timeout=10)
         assert len(posts(slack, "C0BEFORE")) == 1
         assert len(posts(slack, "C0AFTER")) == 1
         [killed_run] = await repos.briefings.deliveries(TENANT, before.id)
@@ -283,7 +273,7 @@ async def test_killing_the_leader_hands_over_and_no_run_is_posted_twice(
             [run] = await repos.briefings.deliveries(TENANT, after.id)
             return run if run.state is not DeliveryState.SENDING else None
 
-        next_run = await eventually(next_run_recorded)
+        next_run = await wait_until(next_run_recorded)
         assert killed_run.scheduled_for == start + timedelta(seconds=15)
         # Killed right after its post, the leader may not have recorded it as posted: the claim
         # alone keeps the successor from posting it again.

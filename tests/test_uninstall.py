@@ -8,7 +8,6 @@ Slack and the fake LLM; GLOBEX, still installed, must not notice anything.
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import aiohttp
@@ -23,7 +22,7 @@ from storage.repositories import Repositories
 from storage.repositories.tenant_data import TenantDataRepository
 from storage.secrets import generate_key
 from storage.tenancy import Tenant
-from tests.cross_session_support import receive, register, token
+from tests.cross_session_support import receive, register, token, wait_until
 from tests.e2e import (
     ACME,
     ACME_TOKEN,
@@ -102,13 +101,6 @@ async def briefing_state(engine, team: str) -> tuple[bool, str | None]:
     return row.enabled, row.paused_reason
 
 
-async def eventually(check, timeout: float = 10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.1)
-
-
 def uninstalled_line(output: str) -> dict:
     (line,) = [json.loads(x) for x in output.splitlines() if '"tenant_uninstalled"' in x]
     return line
@@ -128,7 +120,7 @@ async def test_app_uninstalled_stops_everything_for_that_workspace_only(
     async def both_scheduled() -> bool:
         return len(await job_ids(engine)) == 2
 
-    await eventually(both_scheduled)
+    await wait_until(both_scheduled)
 
     # A turn is in flight in ACME: the model is still thinking when the app is removed.
     llm.delay(30)
@@ -159,7 +151,7 @@ async def test_app_uninstalled_stops_everything_for_that_workspace_only(
     async def only_globex_scheduled() -> bool:
         return len(await job_ids(engine)) == 1
 
-    await eventually(only_globex_scheduled)
+    await wait_until(only_globex_scheduled)
     # The ACME application's session was closed; GLOBEX's goes on.
     closing = await acme_app.receive(5)
     assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4401)

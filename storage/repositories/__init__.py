@@ -21,6 +21,7 @@ from storage.repositories.events import EventRepository
 from storage.repositories.metrics import MetricsRepository
 from storage.repositories.policy import PolicyRepository
 from storage.secrets import SecretBox
+from storage.workspace_cache import WorkspaceCache
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,19 @@ class Repositories:
 
     @classmethod
     def over(
-        cls, sessions: async_sessionmaker[AsyncSession], secrets: SecretBox | None = None
+        cls,
+        sessions: async_sessionmaker[AsyncSession],
+        secrets: SecretBox | None = None,
+        cache: WorkspaceCache | None = None,
     ) -> Repositories:
-        """``secrets`` opens stored credentials; without it they can be listed, not read."""
+        """``secrets`` opens stored credentials; without it they can be listed, not read.
+        ``cache`` keeps the workspace configuration every turn reads (the default caches
+        nothing: each read sees what any process stored)."""
+        cache = cache or WorkspaceCache(ttl=0)
         return cls(
             conversations=ConversationRepository(sessions),
             audit=AuditRepository(sessions),
-            config=ConfigRepository(sessions),
+            config=ConfigRepository(sessions, cache),
             metrics=MetricsRepository(sessions),
             claims=ClaimRepository(sessions),
             credentials=CredentialRepository(sessions, secrets),
@@ -53,5 +60,5 @@ class Repositories:
             policy=PolicyRepository(sessions),
             events=EventRepository(sessions),
             briefings=BriefingRepository(sessions),
-            budgets=BudgetRepository(sessions),
+            budgets=BudgetRepository(sessions, cache),
         )

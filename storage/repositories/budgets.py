@@ -12,11 +12,18 @@ from storage.models import LLMUsage, WorkspaceLimit
 from storage.repositories import events
 from storage.repositories._upsert import insert_for
 from storage.tenancy import Tenant
+from storage.workspace_cache import WorkspaceCache
 
 
 class BudgetRepository:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """``cache`` keeps what :meth:`overrides` read (see :mod:`storage.workspace_cache`);
+    :meth:`set_override` drops it after its transaction commits."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], cache: WorkspaceCache
+    ) -> None:
         self._sessions = sessions
+        self._cache = cache
 
     async def usage_by_model(
         self, tenant: Tenant, since: datetime
@@ -37,7 +44,11 @@ class BudgetRepository:
         return {model: (int(prompt), int(completion)) for model, prompt, completion in rows}
 
     async def overrides(self, tenant: Tenant) -> dict[str, float]:
-        """The operator's overrides for the workspace: ``{limit name: value}``."""
+        """The operator's overrides for the workspace: ``{limit name: value}``; at most the
+        cache's ``ttl`` old when another process changed them without Redis."""
+        return await self._cache.get(tenant.id, "limits", lambda: self._read_overrides(tenant))
+
+    async def _read_overrides(self, tenant: Tenant) -> dict[str, float]:
         query = select(WorkspaceLimit.name, WorkspaceLimit.value).where(
             WorkspaceLimit.tenant_id == tenant.id
         )
@@ -50,7 +61,7 @@ class BudgetRepository:
         """Store ``value`` for limit ``name``; ``None`` removes the override (the default
         applies again). The caller validates name and value. Audited (``limit_changed``) with
         the old and new override in the same transaction."""
-        async with self._sessions.begin() as session:
+        async with self._cache.changing(self._sessions, tenant.id) as session:
             old = await session.scalar(
                 select(WorkspaceLimit.value).where(
                     WorkspaceLimit.tenant_id == tenant.id, WorkspaceLimit.name == name

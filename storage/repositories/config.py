@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from storage.models import ChannelBinding, PersonaOverride, WorkspaceSettings
 from storage.repositories import events
 from storage.tenancy import Tenant
+from storage.workspace_cache import WorkspaceCache
 
 OVERRIDE_FIELDS = ("enabled", "model", "temperature", "extra_instructions")
 
@@ -47,10 +48,21 @@ class WorkspaceConfig:
 
 
 class ConfigRepository:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    """``cache`` keeps what :meth:`load` read (see :mod:`storage.workspace_cache`); each
+    change here drops it after its transaction commits."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], cache: WorkspaceCache
+    ) -> None:
         self._sessions = sessions
+        self._cache = cache
 
     async def load(self, tenant: Tenant) -> WorkspaceConfig:
+        """The workspace's configuration; at most the cache's ``ttl`` old when another process
+        changed it without Redis, current otherwise."""
+        return await self._cache.get(tenant.id, "config", lambda: self._read(tenant))
+
+    async def _read(self, tenant: Tenant) -> WorkspaceConfig:
         parameters = {"tenant_id": tenant.id}
         async with self._sessions() as session:
             overrides = (await session.execute(_OVERRIDES, parameters)).all()
@@ -83,7 +95,7 @@ class ConfigRepository:
         unknown = set(changes) - set(OVERRIDE_FIELDS)
         if unknown:
             raise TypeError(f"unknown override fields: {sorted(unknown)}")
-        async with self._sessions.begin() as session:
+        async with self._cache.changing(self._sessions, tenant.id) as session:
             row = await session.get(PersonaOverride, (tenant.id, persona))
             if row is None:
                 row = PersonaOverride(tenant_id=tenant.id, persona=persona)
@@ -106,7 +118,7 @@ class ConfigRepository:
         self, tenant: Tenant, channel_id: str, persona: str | None, changed_by: str
     ) -> None:
         """Make ``persona`` answer mentions in ``channel_id``; ``None`` removes the binding."""
-        async with self._sessions.begin() as session:
+        async with self._cache.changing(self._sessions, tenant.id) as session:
             row = await session.get(ChannelBinding, (tenant.id, channel_id))
             events.append_change(
                 session,
@@ -139,7 +151,7 @@ class ConfigRepository:
 
     async def set_timezone(self, tenant: Tenant, timezone: str, changed_by: str) -> None:
         """Store the workspace's IANA timezone (validated by the caller)."""
-        async with self._sessions.begin() as session:
+        async with self._cache.changing(self._sessions, tenant.id) as session:
             row = await session.get(WorkspaceSettings, tenant.id)
             events.append_change(
                 session,
