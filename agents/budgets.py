@@ -32,12 +32,14 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import Redis
 
+from agents.spend import DailySpend, Usage, add_usage, day_start
 from storage.repositories.budgets import BudgetRepository
 from storage.tenancy import Tenant
 
 log = structlog.get_logger(__name__)
 
 TURN_LEASE = 900.0
+"""Seconds a concurrency slot is held at most: a replica that dies mid-turn frees it after this."""
 
 #: A workspace's minute of turns is spread over its slices of BURST_SLICE_SECONDS: at most
 #: that share of it (never fewer than BURST_FLOOR turns) starts in any one slice. A moving
@@ -49,9 +51,6 @@ BURST_FLOOR = 5
 #: How long a person told of a limit with no reset time (concurrency) is not told again.
 QUIET_WITHOUT_RESET = timedelta(minutes=1)
 TOLD_PRUNE_AT = 10_000  # remembered notices before the expired ones are dropped
-
-
-"""Seconds a concurrency slot is held at most: a replica that dies mid-turn frees it after this."""
 
 Price = tuple[float, float]
 """USD per million tokens: (input/prompt, output/completion)."""
@@ -193,19 +192,6 @@ class OverLimit(Exception):
     def __init__(self, refusal: Refusal) -> None:
         super().__init__(refusal.message)
         self.refusal = refusal
-
-
-class Usage(Protocol):
-    """One LLM call's usage (:class:`storage.repositories.conversations.LLMCallUsage`)."""
-
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-def day_start(now: datetime) -> datetime:
-    """00:00 UTC of ``now``'s day: daily budgets count from there."""
-    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def spend_refusal(
@@ -423,6 +409,7 @@ class Budgets:
         self.models = models
         self._repo = repo
         self._clock = clock
+        self._spend = DailySpend(repo, clock)
         if redis is not None:
             # Through Jamono's own redis-py pool, rather than the library's default coredis
             # client and a second set of connections.
@@ -521,7 +508,8 @@ class Budgets:
             turn._slot = await self._slots.acquire(tenant, limits.concurrent_turns)
             if turn._slot is None:
                 detail = (
-                    f"{limits.concurrent_turns} answers in progress, the most it may have at once"
+                    f"{limits.concurrent_turns} answer{_s(limits.concurrent_turns)} in progress, "
+                    "the most it may have at once"
                 )
                 self._refuse(tenant, Refusal(
                     Limit.CONCURRENT_TURNS,
@@ -532,17 +520,17 @@ class Budgets:
         if amount := limits.turns_per_minute_user:
             windows.append((Limit.TURNS_PER_MINUTE_USER, RateLimitItemPerMinute(amount),
                             ("user", tenant.id, turn.user_id),
-                            f"{amount} turns per minute for one person"))
+                            f"{_turns(amount)} per minute for one person"))
         if amount := limits.turns_per_minute_workspace:
             burst = workspace_burst(amount)
             windows.append((Limit.TURNS_PER_MINUTE_WORKSPACE, RateLimitItemPerMinute(amount),
-                            ("workspace", tenant.id), f"{amount} turns per minute"))
+                            ("workspace", tenant.id), f"{_turns(amount)} per minute"))
             if burst < amount:
                 windows.append((
                     Limit.TURNS_PER_MINUTE_WORKSPACE,
                     RateLimitItemPerSecond(burst, BURST_SLICE_SECONDS),
                     ("workspace-burst", tenant.id),
-                    f"{amount} turns per minute, at most {burst} of them in "
+                    f"{_turns(amount)} per minute, at most {burst} of them in "
                     f"{BURST_SLICE_SECONDS} seconds",
                 ))
         try:
@@ -577,14 +565,14 @@ class Budgets:
             log.info("llm_budget_refused", tenant=tenant.id, limit=refusal.limit.value)
         return refusal
 
+    def stored(self, tenant: Tenant, usage: Sequence[Usage]) -> None:
+        """The workspace's ``usage`` was just stored (the runtime says so as it stores each
+        step): the next checks count it without reading the database again."""
+        self._spend.stored(tenant, usage)
+
     async def _spent_today(self, tenant: Tenant, pending: Sequence[Usage]) -> tuple[int, float]:
-        by_model = dict(await self._repo.usage_by_model(tenant, day_start(self._clock())))
-        for call in pending:
-            prompt, completion = by_model.get(call.model, (0, 0))
-            by_model[call.model] = (
-                prompt + call.prompt_tokens,
-                completion + call.completion_tokens,
-            )
+        by_model = await self._spend.by_model(tenant)
+        add_usage(by_model, pending)
         tokens = sum(prompt + completion for prompt, completion in by_model.values())
         usd = sum(self.cost(model, *used) for model, used in by_model.items())
         return tokens, usd
@@ -596,3 +584,11 @@ class Budgets:
 
     def _count(self, tenant: Tenant, limit: Limit) -> None:
         self._rejections[(tenant.id, limit.value)] += 1
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def _turns(count: int) -> str:
+    return f"{count} turn{_s(count)}"

@@ -200,6 +200,7 @@ class AgentRuntime:
             await self.repos.conversations.record_step(
                 request.tenant, turn_id, messages, [estimate_tokens(m) for m in messages], usage
             )
+            self._spent(request.tenant, usage)
             recorded[:] = len(new_messages), len(outcome.usage)  # else finish stores them
 
         async def finish(status: str, error: str | None) -> None:
@@ -207,7 +208,7 @@ class AgentRuntime:
                 self.observe_turn(persona.name, status, time.perf_counter() - started)
             # Shielded: a turn cut short by shutdown still stores what it did, so the
             # thread's memory and the audit stay whole.
-            messages = new_messages[recorded[0] :]
+            messages, usage = new_messages[recorded[0] :], outcome.usage[recorded[1] :]
             await asyncio.shield(
                 self.repos.conversations.finish_turn(
                     request.tenant,
@@ -217,9 +218,10 @@ class AgentRuntime:
                     status,
                     error,
                     round((time.perf_counter() - started) * 1000),
-                    outcome.usage[recorded[1] :],
+                    usage,
                 )
             )
+            self._spent(request.tenant, usage)
 
         try:
             await self._loop(request, turn_id, history, new_messages, outcome, budget, record)
@@ -332,6 +334,10 @@ class AgentRuntime:
         if self.budgets is None:
             return persona.model or self.default_model
         return self.budgets.models.resolve(persona.model)
+
+    def _spent(self, tenant: Tenant, usage: list[LLMCallUsage]) -> None:
+        if self.budgets is not None and usage:
+            self.budgets.stored(tenant, usage)
 
     def _admit(self, request: TurnRequest) -> AbstractAsyncContextManager[TurnBudget | None]:
         if self.budgets is None:

@@ -31,6 +31,7 @@ from agents.budgets import (
 )
 from agents.personas import NOX
 from agents.runtime import AgentRuntime, TurnRequest
+from agents.spend import REFRESH
 from bot.briefings.delivery import Outcome
 from bot.commands import CommandRequest, CommandRouter
 from bot.services import Services
@@ -39,6 +40,7 @@ from bot.slack_client import web_client
 from bot.turns import IncomingMessage, SlackTurns
 from storage import migrate
 from storage.models import ApprovalRequest
+from storage.repositories.conversations import LLMCallUsage
 from storage.tenancy import Tenant
 from tests.e2e import ACME, ACME_TOKEN, ALICE, BOB, SIGNING_SECRET
 from tests.fakes import ToolCall
@@ -69,7 +71,10 @@ async def start(database_url, llm, slack=None, **settings) -> Services:
 
 @pytest.fixture
 async def services(sqlite_url, llm, slack):
-    services = await start(sqlite_url, llm, slack, JAMONO_TURNS_PER_MINUTE_USER=3)
+    # The indicator at once: the flood test checks which turns show it.
+    services = await start(
+        sqlite_url, llm, slack, JAMONO_TURNS_PER_MINUTE_USER=3, JAMONO_WORKING_INDICATOR_DELAY=0
+    )
     yield services
     await services.close()
 
@@ -101,11 +106,13 @@ def ask(
 
 
 async def spend(services, tenant, model="fake-model", prompt=0, completion=0):
-    """Usage already stored for ``tenant`` today (as a briefing's opening records it)."""
+    """Usage stored for ``tenant`` today, as a briefing's opening records it and tells the
+    budgets (bot/briefings/delivery.py)."""
     await services.repos.briefings.record_llm_usage(
         tenant, persona="nox", model=model, prompt_tokens=prompt,
         completion_tokens=completion, duration_ms=1,
     )
+    services.budgets.stored(tenant, [LLMCallUsage(model, prompt, completion, 1)])
 
 
 async def command(services, command, text, user=ALICE, admin=True):
@@ -291,6 +298,34 @@ async def test_the_money_budget_counts_each_model_at_its_price(sqlite_url, llm):
     assert over.status == "limited" and "`usd_per_day`" in over.text
     assert "of its $1.00 daily LLM budget" in over.text
     assert len(llm.requests) == 1
+
+
+async def test_usage_another_process_stored_counts_within_the_spend_refresh(sqlite_url, llm):
+    """Each process reads the day's usage at most every REFRESH and adds its own as it stores
+    it: another replica's spending reaches its checks that much later, never later."""
+    services = await start(sqlite_url, llm, JAMONO_TOKENS_PER_DAY=1000)
+    now = [datetime.now(UTC)]
+    here, there = (
+        Budgets(defaults=services.budgets.defaults, prices=services.budgets.prices,
+                models=services.budgets.models, repo=services.repos.budgets,
+                clock=lambda: now[0])
+        for _ in range(2)
+    )
+    try:
+        assert await there.spend_refusal(TENANT) is None  # read: nothing spent yet
+        await services.repos.briefings.record_llm_usage(
+            TENANT, persona="nox", model="fake-model", prompt_tokens=1000,
+            completion_tokens=0, duration_ms=1,
+        )
+        here.stored(TENANT, [LLMCallUsage("fake-model", 1000, 0, 1)])
+        assert await here.spend_refusal(TENANT) is not None  # its own: at once
+        now[0] += REFRESH - timedelta(seconds=1)
+        assert await there.spend_refusal(TENANT) is None  # the promise allows this much
+        now[0] += timedelta(seconds=1)
+        refused = await there.spend_refusal(TENANT)
+    finally:
+        await services.close()
+    assert refused is not None and refused.limit is Limit.TOKENS_PER_DAY
 
 
 async def test_a_briefing_of_a_workspace_over_budget_makes_no_llm_call(sqlite_url, llm, slack):

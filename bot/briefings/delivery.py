@@ -430,6 +430,8 @@ class Briefings:
             completion_tokens=completion.completion_tokens,
             duration_ms=completion.duration_ms,
         )
+        if self.budgets is not None:
+            self.budgets.stored(tenant, [completion])
         return (completion.content or "").strip()[:OPENING_LIMIT] or None
 
 
