@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     context_tokens: int = Field(
         6000, ge=500, validation_alias=AliasChoices("JAMONO_CONTEXT_TOKENS")
     )
+    # Seconds an answer may take before the 👀 reaction goes up on the person's message.
+    working_indicator_delay: float = Field(
+        1.0, ge=0, validation_alias=AliasChoices("JAMONO_WORKING_INDICATOR_DELAY")
+    )
 
     # Actions: approvals and encrypted credentials
     approval_ttl: float = Field(

@@ -142,13 +142,14 @@ class SlackTurns:
         reply_thread: str | None,
     ) -> None:
         channel = request.channel_id
-        indicator: asyncio.Task[bool] | None = None
+        indicator: WorkingIndicator | None = None
 
         def working() -> None:
-            # Up while the model already works: it costs no latency. Not for a turn the
-            # limits refuse: a flood of those would double its own Slack calls.
+            # Not for a turn the limits refuse: a flood of those would triple its Slack calls.
             nonlocal indicator
-            indicator = asyncio.create_task(self._react(client, "add", channel, message_ts))
+            indicator = WorkingIndicator(
+                self, client, channel, message_ts, self.services.settings.working_indicator_delay
+            )
 
         try:
             outcome = await self.services.runtime.run(request, on_admitted=working)
@@ -178,15 +179,15 @@ class SlackTurns:
         client: AsyncWebClient,
         reply_thread: str | None,
         reply: Reply,
-        indicator: asyncio.Task[bool] | None,
+        indicator: WorkingIndicator | None,
         channel: str,
         message_ts: str,
     ) -> None:
         """Post the reply, then take the indicator (if up) down: the person waits for the
         answer."""
         await self._post(client, channel, reply_thread, reply)
-        if indicator is not None and await indicator:
-            await self._react(client, "remove", channel, message_ts)
+        if indicator is not None:
+            await indicator.take_down()
 
     async def _post(
         self, client: AsyncWebClient, channel: str, thread_ts: str | None, reply: Reply
@@ -196,7 +197,7 @@ class SlackTurns:
         except SlackApiError as exc:
             log.error("post_failed", channel_id=channel, error=slack_error(exc))
 
-    async def _react(self, client: AsyncWebClient, action: str, channel: str, ts: str) -> bool:
+    async def react(self, client: AsyncWebClient, action: str, channel: str, ts: str) -> bool:
         """Add or remove the working reaction; ``False`` when Slack refused (never raises)."""
         method = client.reactions_add if action == "add" else client.reactions_remove
         try:
@@ -208,6 +209,32 @@ class SlackTurns:
             log.debug("reaction_failed", action=action, error=repr(exc))
             return False
         return True
+
+
+class WorkingIndicator:
+    """The :data:`WORKING_REACTION` on a person's message while the answer takes longer than
+    ``delay`` seconds. A quick answer shows none: the reaction would only flicker, and each
+    turn would spend two of the workspace's ``reactions.*`` calls on it (Tier 3, 50+ a minute:
+    https://api.slack.com/methods/reactions.add, contracts.md "Slack: limits")."""
+
+    def __init__(
+        self, turns: SlackTurns, client: AsyncWebClient, channel: str, ts: str, delay: float
+    ) -> None:
+        self._react = lambda action: turns.react(client, action, channel, ts)
+        self._adding = False
+        self._shown = asyncio.create_task(self._show(delay))
+
+    async def _show(self, delay: float) -> bool:
+        await asyncio.sleep(delay)
+        self._adding = True
+        return await self._react("add")
+
+    async def take_down(self) -> None:
+        """The answer is posted: no reaction if none was added yet, else remove it."""
+        if not self._adding:
+            self._shown.cancel()
+        elif await self._shown:
+            await self._react("remove")
 
 
 def _signed(persona: Persona, reply: Reply) -> Reply:
