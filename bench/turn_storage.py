@@ -1,7 +1,9 @@
 """What one turn's storage costs: the repository calls a mention makes, one at a time.
 
-A mention claims its delivery, loads the workspace's configuration, opens a turn (reading the
-thread's history) and finishes it (messages, outcome, token usage). This times each call on
+A mention claims its delivery, loads the workspace's configuration and limit overrides (from
+the server's cache after the first turn, ``storage/workspace_cache.py``), opens a turn
+(reading the thread's history) and finishes it (messages, outcome, token usage). The daily
+budgets read no row per turn (``agents/spend.py``). This times each call on
 ``--database-url`` (default: a new SQLite file, migrated first) and prints CPU time and wall
 time per call in microseconds; CPU time counts every thread of the process, so it includes the
 SQLite connection's own thread (``COMMIT`` runs there; statements run on the loop's thread,
@@ -35,6 +37,7 @@ from storage.db import create_engine, session_factory  # noqa: E402
 from storage.repositories import Repositories  # noqa: E402
 from storage.repositories.conversations import LLMCallUsage  # noqa: E402
 from storage.tenancy import Tenant  # noqa: E402
+from storage.workspace_cache import WorkspaceCache  # noqa: E402
 
 TENANT = Tenant("T0BENCH")
 EXCHANGE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
@@ -55,7 +58,7 @@ async def timed(call: Callable[[int], Awaitable[object]], calls: int) -> tuple[f
 
 async def repository_calls(database_url: str, calls: int) -> dict[str, tuple[float, float]]:
     engine = create_engine(database_url)
-    repos = Repositories.over(session_factory(engine))
+    repos = Repositories.over(session_factory(engine), cache=WorkspaceCache())
     run = time.time_ns()  # keys unique across runs on a reused database
 
     async def claim(i: int) -> None:
@@ -63,6 +66,7 @@ async def repository_calls(database_url: str, calls: int) -> dict[str, tuple[flo
 
     async def load_config(_: int) -> None:
         await repos.config.load(TENANT)
+        await repos.budgets.overrides(TENANT)
 
     turns: list[int] = []
 
