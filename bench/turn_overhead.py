@@ -15,7 +15,9 @@ OpenAI server, which answers at once:
 Printed per target, in milliseconds:
 
 * ack: from sending the POST to its HTTP response (Slack wants it within 3 s);
-* answer: from sending the POST to the fake Slack receiving ``chat.postMessage`` in the thread;
+* answer: from sending the POST to the fake Slack receiving ``chat.postMessage`` in the thread
+  (p50, p99 and the mean: with the loop closed, mean = in flight / turns per second, so a
+  p50 far under the mean says that some turns waited much longer than the others);
 
 and turns per second over the measured run (20 in flight keep a process saturated).
 
@@ -109,7 +111,7 @@ async def measure(name: str, start, events: int, in_flight: int) -> dict[str, fl
     return {
         "ack_p50": percentile(acks, 50), "ack_p99": percentile(acks, 99),
         "answer_p50": percentile(answers, 50), "answer_p99": percentile(answers, 99),
-        "turns_per_second": events / elapsed,
+        "answer_mean": statistics.fmean(answers), "turns_per_second": events / elapsed,
     }
 
 
@@ -199,10 +201,10 @@ async def main() -> None:
     print(f"{args.events} signed mentions, {args.in_flight} in flight, latencies in ms, "
           f"on {database}{' + redis' if args.redis_url else ''}")
     print(f"{'target':<8} {'ack p50':>9} {'ack p99':>9} {'answer p50':>11} {'answer p99':>11} "
-          f"{'turns/s':>8}")
+          f"{'mean':>7} {'turns/s':>8}")
     for name, r in results.items():
-        print(f"{name:<8} {r['ack_p50']:>9.1f} {r['ack_p99']:>9.1f} "
-              f"{r['answer_p50']:>11.1f} {r['answer_p99']:>11.1f} {r['turns_per_second']:>8.1f}")
+        print(f"{name:<8} {r['ack_p50']:>9.1f} {r['ack_p99']:>9.1f} {r['answer_p50']:>11.1f} "
+              f"{r['answer_p99']:>11.1f} {r['answer_mean']:>7.1f} {r['turns_per_second']:>8.1f}")
     jamono_p50 = results["jamono"]["answer_p50"]
     ratio = jamono_p50 / results["storing"]["answer_p50"]
     ack_ok = results["jamono"]["ack_p99"] < 100

@@ -20,8 +20,10 @@ from bot.console import run_console
 from bot.services import Services
 from bot.settings import load_settings
 from bot.turns import ORPHAN_AFTER
+from storage import migrate
 from storage.db import create_engine, session_factory
-from storage.models import Turn
+from storage.models import LLMUsage, Message, Turn
+from storage.models import ToolCall as ToolCallRow
 from storage.repositories import Repositories
 from storage.repositories.conversations import StoredMessage
 from storage.tenancy import Tenant
@@ -113,6 +115,57 @@ async def test_kill_9_after_an_auto_approved_write_closes_the_turn_and_keeps_the
         assert len(posts) == 1
     finally:
         assert await second.stop() == 0, second.output
+
+
+async def test_kill_9_right_after_an_answer_keeps_the_turn_its_tool_calls_and_usage(
+    http, slack, llm, database_url, tmp_path
+):
+    """A turn answered is a turn stored: the answer is posted only after the turn's last
+    transaction committed, so a process killed the moment it answered loses nothing."""
+
+    def look_then_answer(request):
+        if request["messages"][-1]["role"] == "user":
+            return [ToolCall("get_time", {})]
+        return "it is late"
+
+    llm.script = look_then_answer
+    await migrate.upgrade_async(database_url)  # only the embedded SQLite migrates itself
+    settings = bot_token_settings(slack, llm, database_url)
+    first = await started(settings, tmp_path)
+    event = await mention(http, first, slack, "what time is it?")
+    await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == event["ts"])
+    assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            turns = (await connection.execute(select(Turn.id, Turn.status))).all()
+            calls = (await connection.execute(
+                select(ToolCallRow.turn_id, ToolCallRow.tool, ToolCallRow.status))).all()
+            usage = (await connection.execute(
+                select(LLMUsage.turn_id, LLMUsage.prompt_tokens).order_by(LLMUsage.id))).all()
+            roles = (await connection.execute(
+                select(Message.role).order_by(Message.id))).scalars().all()
+    finally:
+        await engine.dispose()
+    ((turn_id, status),) = turns
+    assert status == "ok"
+    assert calls == [(turn_id, "get_time", "ok")]
+    assert [row.turn_id for row in usage] == [turn_id, turn_id]
+    assert all(row.prompt_tokens > 0 for row in usage)
+    assert roles == ["user", "assistant", "tool", "assistant"]
+
+    second = await started(settings, tmp_path)  # a restart finds the turn whole
+    try:
+        seen = len(llm.requests)
+        await mention(http, second, slack, "and now?", thread_ts=event["ts"])
+        await slack.wait_for("chat.postMessage", lambda p: p.get("thread_ts") == event["ts"],
+                             count=2)
+        remembered = [m["role"] for m in llm.requests[seen]["messages"][1:]]
+    finally:
+        assert await second.stop() == 0, second.output
+    assert remembered == ["user", "assistant", "tool", "assistant", "user"]
+    assert await turn_statuses(database_url) == ["ok", "ok"]  # nothing taken for interrupted
 
 
 @pytest.mark.parametrize("install_kind", ["bot token", "oauth"])
