@@ -44,6 +44,20 @@ _RECENT = (
     .order_by(_MESSAGES.c.id.desc())
     .limit(bindparam("limit"))
 )
+# A turn's history, once its conversation's id is known.
+_HISTORY = (
+    select(
+        _MESSAGES.c.turn_id,
+        _MESSAGES.c.role,
+        _MESSAGES.c.content,
+        _MESSAGES.c.tool_calls,
+        _MESSAGES.c.tool_call_id,
+        _MESSAGES.c.tokens,
+    )
+    .where(_MESSAGES.c.conversation_id == bindparam("conversation_id"))
+    .order_by(_MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
 _INSERT_TURN = insert(_TURNS).returning(_TURNS.c.id)
 _FINISH_TURN = (
     update(_TURNS)
@@ -69,10 +83,12 @@ _INSERT_USAGE = insert(LLMUsage.__table__)
 @cache
 def _upsert_conversation_statement(dialect: str):
     statement = insert_for(dialect, _CONVERSATIONS)
+    # Inserted rather than touched when both stamps are still the one value given for them.
+    created = (_CONVERSATIONS.c.created_at == _CONVERSATIONS.c.updated_at).label("created")
     return statement.on_conflict_do_update(
         index_elements=["tenant_id", "channel_id", "thread_ts"],
         set_={"updated_at": statement.excluded.updated_at},
-    ).returning(Conversation.id)
+    ).returning(_CONVERSATIONS.c.id, created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +205,12 @@ class ConversationRepository:
         from before it, oldest first.
         """
         async with self._engine.begin() as connection:
-            history = await _recent(connection, tenant, channel_id, thread_ts, history_limit)
-            conversation_id, turn_id = await _open_turn(
-                connection, tenant, channel_id, thread_ts, persona, user_id, RUNNING, owner
+            conversation_id, created = await _upsert_conversation(
+                connection, tenant, channel_id, thread_ts, persona
+            )
+            history = [] if created else await _history(connection, conversation_id, history_limit)
+            turn_id = await _insert_turn(
+                connection, tenant, conversation_id, persona, user_id, RUNNING, owner
             )
             await _insert_messages(connection, conversation_id, turn_id, messages, tokens)
             return turn_id, history
@@ -411,6 +430,14 @@ async def _recent(
     return [StoredMessage(*row) for row in reversed(rows)]
 
 
+async def _history(
+    connection: AsyncConnection, conversation_id: int, limit: int
+) -> list[StoredMessage]:
+    parameters = {"conversation_id": conversation_id, "limit": limit}
+    rows = (await connection.execute(_HISTORY, parameters)).all()
+    return [StoredMessage(*row) for row in reversed(rows)]
+
+
 async def _open_turn(
     connection: AsyncConnection,
     tenant: Tenant,
@@ -423,8 +450,26 @@ async def _open_turn(
     error: str | None = None,
 ) -> tuple[int, int]:
     """Create the conversation if new and a turn in it; returns (conversation id, turn id)."""
-    conversation_id = await _upsert_conversation(connection, tenant, channel_id, thread_ts, persona)
-    turn_id = await connection.scalar(
+    conversation_id, _ = await _upsert_conversation(
+        connection, tenant, channel_id, thread_ts, persona
+    )
+    turn_id = await _insert_turn(
+        connection, tenant, conversation_id, persona, user_id, status, owner, error
+    )
+    return conversation_id, turn_id
+
+
+async def _insert_turn(
+    connection: AsyncConnection,
+    tenant: Tenant,
+    conversation_id: int,
+    persona: str,
+    user_id: str,
+    status: str,
+    owner: str | None = None,
+    error: str | None = None,
+) -> int:
+    return await connection.scalar(
         _INSERT_TURN,
         {
             "tenant_id": tenant.id,
@@ -439,7 +484,6 @@ async def _open_turn(
             "heartbeat_at": utcnow() if owner is not None else None,
         },
     )
-    return conversation_id, turn_id
 
 
 async def _update_turn_and_store(
@@ -523,13 +567,14 @@ async def _insert_usage(
 
 async def _upsert_conversation(
     connection: AsyncConnection, tenant: Tenant, channel_id: str, thread_ts: str, persona: str
-) -> int:
+) -> tuple[int, bool]:
     """Insert-or-touch in one statement, so two replicas starting one thread cannot collide.
 
-    Returns the conversation's id; an existing conversation gets a fresh ``updated_at``.
+    Returns the conversation's id and whether this created it (a new conversation has no
+    history to read); an existing conversation gets a fresh ``updated_at``.
     """
     now = utcnow()
-    return await connection.scalar(
+    conversation_id, created = (await connection.execute(
         _upsert_conversation_statement(connection.dialect.name),
         {
             "tenant_id": tenant.id,
@@ -539,4 +584,5 @@ async def _upsert_conversation(
             "created_at": now,
             "updated_at": now,
         },
-    )
+    )).one()
+    return conversation_id, bool(created)
