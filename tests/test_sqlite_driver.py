@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from storage.db import create_engine
+from storage.sqlite_driver import InlineConnection
 
 
 @pytest.fixture
@@ -87,3 +88,27 @@ async def test_a_rolled_back_transaction_leaves_nothing(sqlite_engine):
     async with sqlite_engine.connect() as conn:
         count = (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one()
     assert count == 0
+
+
+async def test_the_wal_starts_afresh_under_writes_that_never_pause(tmp_path):
+    """COMMIT runs inline with SQLite's own checkpoints off: the connection's thread must
+    checkpoint instead, and past the restart size hold the connection for it, or under
+    writes that never pause the WAL grows by every page ever written."""
+    path = tmp_path / "wal.db"
+    wal = path.with_name("wal.db-wal")
+    connection = await InlineConnection.open(
+        str(path), checkpoint_interval=0, wal_restart_bytes=64 * 1024
+    )
+    sizes = []
+    try:
+        connection.raw.execute("CREATE TABLE pages (body BLOB)")
+        await connection.commit()
+        for n in range(1, 1001):  # each commit appends at least one 4 KiB page to the WAL
+            connection.raw.execute("INSERT INTO pages VALUES (randomblob(3000))")
+            await connection.commit()
+            if n % 500 == 0:
+                sizes.append(wal.stat().st_size)  # before the last close empties it
+    finally:
+        await connection.close()
+    # Once it starts afresh, the file stops growing; else 500 commits add 2 MB or more.
+    assert sizes[1] - sizes[0] < 500 * 4096 / 4, sizes
