@@ -15,6 +15,7 @@ month. :class:`WorkspaceCache` keeps each per workspace, and drops a workspace's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,7 +41,11 @@ T = TypeVar("T")
 class WorkspaceCache:
     """``await cache.get(tenant_id, kind, load)``: ``load()``'s value, cached per workspace
     and ``kind`` for ``ttl`` seconds (``ttl=0``: never cached, for tools that must read what
-    another process just wrote). ``clock`` is monotonic seconds (injected in tests)."""
+    another process just wrote). ``clock`` is monotonic seconds (injected in tests).
+
+    Callers missing the same value at once share one ``load()`` and resume in the order they
+    asked: turns arriving together start in their order, and read the database once.
+    """
 
     def __init__(
         self,
@@ -52,34 +57,53 @@ class WorkspaceCache:
         self._redis = redis
         self._clock = clock
         self._entries: dict[tuple[str, str], tuple[float, Any]] = {}
+        self._loading: dict[tuple[str, str], asyncio.Future[Any]] = {}
         # Bumped by each forget (the epoch by forgetting all): a load that began before a
         # change must not store what it read.
         self._generations: dict[str, int] = {}
         self._epoch = 0
 
     async def get(self, tenant_id: str, kind: str, load: Callable[[], Awaitable[T]]) -> T:
-        now = self._clock()
-        entry = self._entries.get((tenant_id, kind))
-        if entry is not None and entry[0] > now:
+        if self.ttl <= 0:
+            return await load()
+        key = (tenant_id, kind)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
             return entry[1]
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self._load(key, load))
+        # Shielded: one caller cancelled must not cancel the others' load.
+        return await asyncio.shield(loading)
+
+    async def _load(self, key: tuple[str, str], load: Callable[[], Awaitable[T]]) -> T:
+        tenant_id = key[0]
         generation = self._generation(tenant_id)
-        value = await load()
-        if self.ttl > 0 and self._generation(tenant_id) == generation:
+        try:
+            value = await load()
+        finally:
+            if self._loading.get(key) is asyncio.current_task():
+                del self._loading[key]
+        if self._generation(tenant_id) == generation:
+            now = self._clock()
             if len(self._entries) >= PRUNE_AT:
                 self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
-            self._entries[(tenant_id, kind)] = (now + self.ttl, value)
+            self._entries[key] = (now + self.ttl, value)
         return value
 
     def forget(self, tenant_id: str | None = None) -> None:
         """Drop ``tenant_id``'s values here (every workspace's when ``None``)."""
+        # A load under way read before the change: later callers start one of their own.
         if tenant_id is None:
             self._entries.clear()
+            self._loading.clear()
             self._generations.clear()
             self._epoch += 1
             return
         self._generations[tenant_id] = self._generations.get(tenant_id, 0) + 1
-        for key in [key for key in self._entries if key[0] == tenant_id]:
-            del self._entries[key]
+        for table in (self._entries, self._loading):
+            for key in [key for key in table if key[0] == tenant_id]:
+                del table[key]
 
     def _generation(self, tenant_id: str) -> tuple[int, int]:
         return self._epoch, self._generations.get(tenant_id, 0)

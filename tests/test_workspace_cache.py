@@ -132,3 +132,24 @@ async def _until_subscribed(client: Redis) -> None:
         return (await client.pubsub_numsub(CHANNEL))[0][1]
 
     await wait_until(subscribed, timeout=5)
+
+
+async def test_callers_missing_together_share_one_read_and_resume_in_order():
+    cache = WorkspaceCache(clock=lambda: 0.0)
+    reads, resumed = [], []
+    release = asyncio.Event()
+
+    async def read():
+        reads.append(1)
+        await release.wait()
+        return "config"
+
+    async def turn(n: int) -> None:
+        assert await cache.get(ACME, "config", read) == "config"
+        resumed.append(n)
+
+    turns = [asyncio.create_task(turn(n)) for n in range(5)]
+    await asyncio.sleep(0)  # every turn is now waiting on the one read
+    release.set()
+    await asyncio.gather(*turns)
+    assert reads == [1] and resumed == [0, 1, 2, 3, 4]
