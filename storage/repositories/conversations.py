@@ -23,18 +23,19 @@ INTERRUPTED = "interrupted"
 # Every turn runs the statements below. They are built once with bound parameters:
 # constructing a statement and computing its cache key each time cost about five times the
 # CPU of executing the prebuilt one (about 200 µs against 40 µs for a small SELECT here).
-# They are Core statements on the tables, run on the session's connection: through the ORM
+# They are Core statements on the tables, run on an engine connection: through the ORM
 # (mapped classes, Session.execute) each cost two to three times the CPU.
 _CONVERSATIONS, _TURNS, _MESSAGES = Conversation.__table__, Turn.__table__, Message.__table__
+_STORED_MESSAGE = (  # the fields of StoredMessage, in its order
+    _MESSAGES.c.turn_id,
+    _MESSAGES.c.role,
+    _MESSAGES.c.content,
+    _MESSAGES.c.tool_calls,
+    _MESSAGES.c.tool_call_id,
+    _MESSAGES.c.tokens,
+)
 _RECENT = (
-    select(
-        _MESSAGES.c.turn_id,
-        _MESSAGES.c.role,
-        _MESSAGES.c.content,
-        _MESSAGES.c.tool_calls,
-        _MESSAGES.c.tool_call_id,
-        _MESSAGES.c.tokens,
-    )
+    select(*_STORED_MESSAGE)
     .join(_CONVERSATIONS, _MESSAGES.c.conversation_id == _CONVERSATIONS.c.id)
     .where(
         _CONVERSATIONS.c.tenant_id == bindparam("tenant_id"),
@@ -46,14 +47,7 @@ _RECENT = (
 )
 # A turn's history, once its conversation's id is known.
 _HISTORY = (
-    select(
-        _MESSAGES.c.turn_id,
-        _MESSAGES.c.role,
-        _MESSAGES.c.content,
-        _MESSAGES.c.tool_calls,
-        _MESSAGES.c.tool_call_id,
-        _MESSAGES.c.tokens,
-    )
+    select(*_STORED_MESSAGE)
     .where(_MESSAGES.c.conversation_id == bindparam("conversation_id"))
     .order_by(_MESSAGES.c.id.desc())
     .limit(bindparam("limit"))
