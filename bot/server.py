@@ -42,7 +42,7 @@ from storage.tenancy import Tenant
 log = structlog.get_logger(__name__)
 
 AUTH_CACHE_SECONDS = 60
-PRUNE_INTERVAL = 600  # seconds between sweeps of expired event claims
+PRUNE_INTERVAL = 600  # seconds between sweeps of expired claims and interrupted deliveries
 EXPIRY_SWEEP_MAX = 60.0  # seconds between sweeps of overdue approval requests, at most
 
 
@@ -110,7 +110,7 @@ class Server:
             )
             await self.socket.connect_async()
             log.info("socket_mode_connected")
-        self._background.append(asyncio.create_task(self._prune_claims(), name="prune-claims"))
+        self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.services.redis is not None:  # what other replicas changed or uninstalled
             self._background.append(asyncio.create_task(
                 self.services.workspace_cache.listen(), name="workspace-changes"
@@ -165,13 +165,17 @@ class Server:
         await self.metrics.stop()
         log.info("stopped", cancelled_turns=cancelled)
 
-    async def _prune_claims(self) -> None:
+    async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
             try:
                 await self.services.claims.prune()
-            except Exception as exc:  # pruning is housekeeping; retry next round
+            except Exception as exc:  # housekeeping; retry next round
                 log.warning("claim_prune_failed", error=repr(exc))
+            try:
+                await self.services.briefings.close_interrupted()
+            except Exception as exc:
+                log.warning("briefing_sweep_failed", error=repr(exc))
 
     async def _expire_approvals(self) -> None:
         """Expire overdue approval requests, close orphaned executions, and say so on their

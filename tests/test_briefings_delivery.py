@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from slack_sdk.oauth.installation_store import Installation
 
-from bot.briefings.delivery import Outcome
+from bot.briefings.delivery import STALE_DELIVERY, Outcome
 from bot.services import Services
 from bot.settings import load_settings
 from integrations.calendar import CalDAVClient, CalDAVCredentials, build_invitation
@@ -116,6 +116,26 @@ async def test_a_run_later_than_the_grace_time_is_skipped_and_recorded(services,
     deliveries = await services.repos.briefings.deliveries(TENANT, briefing.id)
     assert [d.state for d in deliveries] == [DeliveryState.POSTED, DeliveryState.SKIPPED]
     assert deliveries[1].detail.startswith("missed by 11 min")
+
+
+async def test_a_delivery_a_dead_process_left_sending_is_recorded_failed(services, slack):
+    briefing = await subscribe(services)
+    posted = await services.briefings.run_scheduled(
+        briefing.id, FIRE, now=FIRE + timedelta(seconds=5)
+    )
+    # The process that claimed the next run died before it recorded an outcome.
+    tomorrow = FIRE + timedelta(days=1)
+    assert await services.repos.briefings.claim_delivery(TENANT, briefing.id, tomorrow, "schedule")
+    now = datetime.now(UTC)
+    assert await services.briefings.close_interrupted(now) == 0  # it may still be running
+    assert await services.briefings.close_interrupted(now + STALE_DELIVERY + timedelta(1)) == 1
+    deliveries = await services.repos.briefings.deliveries(TENANT, briefing.id)
+    assert posted.outcome is Outcome.POSTED
+    assert [d.state for d in deliveries] == [DeliveryState.POSTED, DeliveryState.FAILED]
+    assert deliveries[1].detail.startswith("interrupted: the process sending it stopped")
+    # Not run again: the post may have reached Slack before the process died.
+    assert not await services.repos.briefings.claim_delivery(TENANT, briefing.id, tomorrow, "now")
+    assert len(posts(slack)) == 1
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,9 @@ OPENING_LIMIT = 500  # characters of the persona's opening
 OPENING_DATA_LIMIT = 6000  # characters of gathered data shown to the model
 TOO_FREQUENT = "too_frequent"  # paused_reason of a stored schedule under the minimum interval
 UNINSTALLED = "cancelled: the app was uninstalled from the workspace"  # a delivery's detail
+# A delivery still sending this long after its claim was left by a process that died: far
+# beyond a run's longest (each section's integration deadline, the opening's LLM attempts).
+STALE_DELIVERY = timedelta(hours=1)
 
 # Slack error → what to tell the subscription's creator ({channel} and {id} are filled in).
 CHANNEL_ERRORS: dict[str, str] = {
@@ -130,6 +133,19 @@ class Briefings:
         self._channel_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._last_post: dict[tuple[str, str], float] = {}
         self._runs = InFlight()  # runs being composed, by tenant (see cancel_tenant)
+
+    async def close_interrupted(self, now: datetime | None = None) -> int:
+        """Record as failed the deliveries claimed more than :data:`STALE_DELIVERY` before
+        ``now`` and still ``sending``: the process composing or posting them died. They are not
+        run again, since the post may have reached Slack before the process died. Returns how
+        many."""
+        closed = await self.repos.briefings.fail_stale_deliveries(
+            claimed_before=(now or datetime.now(UTC)) - STALE_DELIVERY,
+            detail="interrupted: the process sending it stopped before recording the outcome",
+        )
+        if closed:
+            log.warning("briefing_deliveries_interrupted", count=closed)
+        return closed
 
     def cancel_tenant(self, tenant_id: str) -> int:
         """Cancel the runs of ``tenant_id`` being composed here (the app was uninstalled

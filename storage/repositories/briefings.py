@@ -313,6 +313,26 @@ class BriefingRepository:
                 )
             )
 
+    async def fail_stale_deliveries(self, *, claimed_before: datetime, detail: str) -> int:
+        """Record as failed, with ``detail``, every delivery still ``sending`` that was claimed
+        before ``claimed_before`` (aware): the process sending it died. Not tenant-scoped: it
+        sweeps them all. Returns how many.
+
+        Raises:
+            ValueError: ``claimed_before`` is naive.
+        """
+        async with self._sessions.begin() as session:
+            result = await session.execute(
+                update(BriefingDelivery)
+                .where(
+                    BriefingDelivery.state == DeliveryState.SENDING.value,
+                    BriefingDelivery.created_at < to_utc(claimed_before),
+                )
+                .values(state=DeliveryState.FAILED.value, detail=detail, finished_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount or 0
+
     async def record_llm_usage(
         self,
         tenant: Tenant,
