@@ -54,7 +54,10 @@ def parse() -> argparse.Namespace:
         parser.add_argument(name)
     parser.add_argument("--llm", help="the model's base URL (default: post 'ok')")
     parser.add_argument("--database-url", help="store each turn there (needs --llm)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.database_url and not args.llm:
+        parser.error("--database-url stores the model's answers: it needs --llm")
+    return args
 
 
 def open_engine(url: str) -> AsyncEngine:
