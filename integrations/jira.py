@@ -16,6 +16,7 @@ that is not Jira's JSON (a redirect may lead anywhere).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -215,8 +216,10 @@ class JiraClient:
         self.workspace = workspace
         self.timeout = timeout
         self._resilience = resilience or Resilience()
-        self._pool = pool or IntegrationPool(INTEGRATION, threads=4, per_workspace=4,
-                                             deadline=3 * timeout)
+        # Alone: three times the socket timeout for each attempt, the retries included.
+        self._pool = pool or IntegrationPool(
+            INTEGRATION, threads=4, per_workspace=4,
+            deadline=3 * timeout * self._resilience.retry.attempts)
         self._egress = egress or EgressPolicy(allow_private=True)
         # What earlier calls learnt, handed to each call's library client: serverInfo's
         # (versionNumbers, deploymentType) and the field list (JQL name → REST id).
@@ -299,16 +302,18 @@ class JiraClient:
             raise self._not_jira() from exc
 
     async def _in_pool(self, action: str, work: Callable[[], T], *,
-                       deadline: float | None = None) -> T:
-        """Run blocking ``work`` in the pool, translated; the pool's refusals as JiraErrors."""
+                       deadline: float | None = None, overall: float | None = None) -> T:
+        """Run blocking ``work`` in the pool, translated; the pool's refusals as JiraErrors.
+        ``deadline`` is what is left of the call's ``overall`` deadline (seconds, both), which
+        the error names."""
         try:
             return await self._pool.run(self.workspace,
                                         lambda: self._translated(action, work),
                                         deadline=deadline)
         except DeadlineExceeded as exc:
             raise JiraUnavailable(
-                f"Jira at {self.url} did not finish within {exc.seconds:g} s, so the call was "
-                "stopped.", failure=Failure(transient=True)) from None
+                f"Jira at {self.url} did not finish within {overall or exc.seconds:g} s, so the "
+                "call was stopped.", failure=Failure(transient=True)) from None
         except PoolBusy as exc:
             # Our own limit, not Jira's health: neither retried nor counted against Jira.
             raise JiraUnavailable(
@@ -317,11 +322,23 @@ class JiraClient:
 
     async def _call(self, action: str, work: Callable[[JIRA], T], *,
                     idempotent: bool = True) -> T:
+        """``work`` with retries, all of them within the pool's deadline: a server that
+        answers each attempt just in time must not hold the workspace's share for every
+        attempt's deadline in turn."""
+        end = time.monotonic() + self._pool.deadline
+
         async def attempt() -> T:
-            return await self._in_pool(action, lambda: self._with_library(work))
+            left = end - time.monotonic()
+            if left <= 0:
+                raise JiraUnavailable(
+                    f"Jira at {self.url} did not finish within {self._pool.deadline:g} s, so "
+                    "the call was stopped.", failure=Failure(transient=True))
+            return await self._in_pool(action, lambda: self._with_library(work), deadline=left,
+                                       overall=self._pool.deadline)
 
         return await self._resilience.call(self.workspace, INTEGRATION, attempt,
-                                           classify=classify, idempotent=idempotent)
+                                           classify=classify, idempotent=idempotent,
+                                           within=self._pool.deadline)
 
     def _from_transport(self, exc: requests.RequestException) -> JiraError:
         reason = getattr(exc.args[0], "reason", None) if exc.args else None

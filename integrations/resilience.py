@@ -35,6 +35,7 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_before_delay,
     wait_exponential_jitter,
 )
 
@@ -223,13 +224,16 @@ class Resilience:
         *,
         classify: Classifier,
         idempotent: bool = True,
+        within: float | None = None,
     ) -> T:
         """Await ``fn()`` under the retry policy and the (workspace, integration) circuit.
 
         Writes pass ``idempotent=False``: they are repeated only after failures the classifier
         marks ``unprocessed``, so a request that may have reached the service is never sent
-        twice. Returns ``fn``'s result; raises :class:`CircuitOpenError` while the circuit is
-        open, else the last exception ``fn`` raised.
+        twice. With ``within`` (seconds), no attempt starts after that long from the first
+        (tenacity's ``stop_before_delay``): the caller's deadline covers the retries too.
+        Returns ``fn``'s result; raises :class:`CircuitOpenError` while the circuit is open,
+        else the last exception ``fn`` raised.
         """
         circuit = self._circuit(workspace, integration)
 
@@ -270,8 +274,11 @@ class Resilience:
             circuit.succeeded()
             return result
 
+        stop = stop_after_attempt(self.retry.attempts)
+        if within is not None:
+            stop = stop | stop_before_delay(within)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.attempts),
+            stop=stop,
             wait=wait,
             retry=retry_if_exception(worth_retrying),
             sleep=self._sleep,

@@ -167,6 +167,22 @@ async def test_a_server_that_answers_then_trickles_on_a_kept_alive_connection_is
         await runner.cleanup()
 
 
+async def test_a_calls_retries_share_its_deadline():
+    """A server that keeps each attempt until its deadline held the workspace's share for
+    three deadlines in a row (one per retry); the retries now fit in the call's one."""
+    async with TrickleServer(interval=1.0) as trickle:
+        pool = IntegrationPool("jira", threads=2, per_workspace=1, deadline=DEADLINE)
+        client = JiraClient(DataCenterCredentials(trickle.url, "pat"), workspace=B.id, pool=pool,
+                            timeout=READ_TIMEOUT,
+                            resilience=Resilience(RetryPolicy(attempts=3, backoff=0.01, jitter=0)))
+        try:
+            with pytest.raises(JiraUnavailable, match=f"did not finish within {DEADLINE:g} s"):
+                await client.search("project = OPS")
+        finally:
+            pool.close()
+        assert trickle.accepted == 1  # one attempt used the whole deadline: none was left
+
+
 async def test_connect_attempts_to_a_trickling_server_leave_the_default_executor_free(
         sqlite_url):
     """Finding 3: six /nox-connect submissions pointing at a trickling server used to take
