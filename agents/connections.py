@@ -18,6 +18,7 @@ Stored settings (encrypted by the credentials repository), by integration:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from datetime import datetime
 from typing import Literal, TypeVar
 
 import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from integrations import calendar as cal
 from integrations.calendar import (
@@ -48,6 +51,7 @@ from integrations.jira import (
 )
 from integrations.pools import IntegrationPool, PoolLimits
 from integrations.resilience import Health, Resilience
+from storage import pubsub
 from storage.repositories.credentials import CredentialRepository, MissingSecretKey
 from storage.secrets import SecretsError, mask, without_userinfo
 from storage.tenancy import Tenant
@@ -61,6 +65,7 @@ _KIND = {"jira": "jira", "calendar": "caldav"}  # the credentials repository's k
 T = TypeVar("T")
 
 HEALTH_TTL = 30.0  # seconds a live health check is reused
+CIRCUITS_CHANNEL = "jamono:circuits:dropped"  # Redis pub/sub: {"tenant": id, "integration": …}
 TEST_TIMEOUT = 2.0  # seconds; a modal submission must be answered within Slack's 3 s
 
 SECRET_KEY_HINT = (
@@ -210,14 +215,20 @@ class Connections:
     here trusts the URLs, as for the operator's own single workspace). ``limits`` sizes the
     Jira and calendar thread pools; :meth:`close` stops them. A live health check is reused
     for :data:`HEALTH_TTL` seconds of ``clock``.
+
+    Circuits are kept per process. With ``redis``, a circuit reset (or dropped for new
+    credentials) here is announced on :data:`CIRCUITS_CHANNEL` and dropped by every replica
+    that runs :meth:`listen`.
     """
 
     def __init__(self, credentials: CredentialRepository, resilience: Resilience, *,
                  defaults: Defaults, timeout: float, can_store: bool,
                  egress: EgressPolicy | None = None,
                  limits: PoolLimits | None = None,
+                 redis: Redis | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._credentials = credentials
+        self._redis = redis
         self.resilience = resilience
         self.defaults = defaults
         self.timeout = timeout
@@ -360,7 +371,7 @@ class Connections:
                                          url=credentials.url, account=account)
         except MissingSecretKey:
             raise ConnectionFailed({"url": SECRET_KEY_HINT}) from None
-        self.resilience.forget(tenant.id, integration)
+        await self._drop_circuit(tenant.id, integration)
         self._checked.pop((tenant.id, integration), None)  # just tested: check afresh
         log.info("integration_connected", tenant=tenant.id, integration=integration,
                  url=credentials.url if integration == "jira" else credentials.server)
@@ -370,9 +381,44 @@ class Connections:
                          actor: str | None) -> bool:
         """Delete the workspace's stored credentials; ``True`` when there were some."""
         removed = await self._credentials.delete(tenant, _KIND[integration], actor)
-        self.resilience.forget(tenant.id, integration)
+        await self._drop_circuit(tenant.id, integration)
         self._checked.pop((tenant.id, integration), None)  # just tested: check afresh
         return removed
+
+    async def reset_circuit(self, tenant: Tenant, integration: Integration) -> bool:
+        """Close the workspace's circuit of ``integration`` here and on every replica (a
+        workspace admin asked from ``/nox-status``); returns whether it was open here."""
+        was_open = self.resilience.reset(tenant.id, integration)
+        await self._announce(tenant.id, integration)
+        return was_open
+
+    async def listen(self) -> None:
+        """Drop the circuits other replicas announce, for the life of the process (needs
+        ``redis``). One missed while Redis was away closes by itself after its pause."""
+        await pubsub.listen(self._redis, CIRCUITS_CHANNEL, self._heard)
+
+    async def _heard(self, data: bytes | str) -> None:
+        try:
+            message = json.loads(data)
+            workspace, integration = str(message["tenant"]), str(message["integration"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("circuit_announcement_malformed")
+            return
+        self.resilience.reset(workspace, integration)
+
+    async def _drop_circuit(self, workspace: str, integration: Integration) -> None:
+        self.resilience.forget(workspace, integration)
+        await self._announce(workspace, integration)
+
+    async def _announce(self, workspace: str, integration: Integration) -> None:
+        if self._redis is None:
+            return
+        try:
+            await self._redis.publish(
+                CIRCUITS_CHANNEL, json.dumps({"tenant": workspace, "integration": integration})
+            )
+        except (RedisError, OSError) as exc:  # the others close by themselves after the pause
+            log.warning("circuit_announcement_failed", tenant=workspace, error=repr(exc))
 
     async def describe(self, tenant: Tenant) -> list[str]:
         """One line per integration: what is connected (secrets masked) and from where."""

@@ -116,6 +116,9 @@ class Server:
                 self.services.workspace_cache.listen(), name="workspace-changes"
             ))
             self._background.append(asyncio.create_task(
+                self.services.connections.listen(), name="circuit-resets"
+            ))
+            self._background.append(asyncio.create_task(
                 TenantLifecycle(self.services).listen(
                     self.bolt.installation_store if self.bolt is not None else None
                 ),

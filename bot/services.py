@@ -134,6 +134,7 @@ class Services:
             can_store=settings.secret_key is not None,
             egress=settings.egress_policy,
             limits=settings.pool_limits,
+            redis=redis,
         )
         resources.callback(connections.close)
         for integration in INTEGRATIONS:

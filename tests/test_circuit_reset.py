@@ -5,13 +5,20 @@ is down until its circuit opens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 
 import pytest
+from redis.asyncio import Redis
 
+from agents.connections import CIRCUITS_CHANNEL, Connections, Defaults
 from integrations.resilience import BreakerPolicy, Failure, Resilience, RetryPolicy
+from storage.db import create_engine, session_factory
+from storage.repositories.credentials import CredentialRepository
+from storage.tenancy import Tenant
+from tests.cross_session_support import wait_until
 from tests.e2e import (
     ACME,
     ALICE,
@@ -163,3 +170,45 @@ async def test_reset_touches_one_workspace_and_integration():
     assert still_open == {(ACME, "calendar"), (GLOBEX, "jira"), (GLOBEX, "calendar")}
     assert resilience.health(ACME, "jira").state == "ok"
     assert resilience.health(GLOBEX, "jira").state == "circuit open"
+
+
+async def test_a_reset_closes_the_circuit_on_every_replica_through_redis(sqlite_url, redis_url):
+    """Circuits are per process: a reset clicked on one replica used to leave the others
+    refusing calls until their own pause ended."""
+    engine = create_engine(sqlite_url)
+    clients = [Redis.from_url(redis_url) for _ in range(2)]
+    replicas = [
+        Connections(CredentialRepository(session_factory(engine), None),
+                    Resilience(RetryPolicy(attempts=1), BreakerPolicy(failure_threshold=1)),
+                    defaults=Defaults(), timeout=1.0, can_store=False, redis=client)
+        for client in clients
+    ]
+
+    async def down():
+        raise ConnectionRefusedError
+
+    listening = asyncio.create_task(replicas[1].listen())
+    try:
+        for replica in replicas:
+            for workspace in (ACME, GLOBEX):
+                with pytest.raises(ConnectionRefusedError):
+                    await replica.resilience.call(workspace, "jira", down,
+                                                  classify=lambda _: Failure(transient=True))
+
+        async def subscribed() -> int:
+            return (await clients[0].pubsub_numsub(CIRCUITS_CHANNEL))[0][1]
+
+        async def closed_there() -> bool:
+            return replicas[1].resilience.health(ACME, "jira").state == "ok"
+
+        await wait_until(subscribed, timeout=5)
+        assert await replicas[0].reset_circuit(Tenant(ACME), "jira") is True
+        await wait_until(closed_there, timeout=5)
+        assert replicas[1].resilience.health(GLOBEX, "jira").state == "circuit open"
+    finally:
+        listening.cancel()
+        for replica in replicas:
+            replica.close()
+        for client in clients:
+            await client.aclose()
+        await engine.dispose()

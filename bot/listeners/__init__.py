@@ -30,7 +30,7 @@ def register_all(app: AsyncApp, services: Services) -> None:
     commands.register(app, CommandRouter(services), services)
     home.register(app, services)
     actions.register(app, services.approvals, services.inflight)
-    actions.register_circuit_reset(app, services.connections.resilience, services.repos.events)
+    actions.register_circuit_reset(app, services.connections, services.repos.events)
     views.register(app, services)
     lifecycle.register(app, TenantLifecycle(services))
 

@@ -17,13 +17,12 @@ from slack_bolt.context.respond.async_respond import AsyncRespond
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from agents.connections import INTEGRATIONS, LABELS
+from agents.connections import INTEGRATIONS, LABELS, Connections
 from bot.approvals import APPROVE, REJECT, ApprovalDesk, Click
 from bot.commands.status import CIRCUIT_RESET
 from bot.listeners.context import tenant_of
 from bot.slack_client import is_workspace_admin, slack_error
 from bot.work import InFlight, ShuttingDown
-from integrations.resilience import Resilience
 from storage.repositories.events import EventRepository
 
 log = structlog.get_logger(__name__)
@@ -59,7 +58,9 @@ def register(app: AsyncApp, desk: ApprovalDesk, inflight: InFlight) -> None:
                 log.warning("approval_ephemeral_failed", error=slack_error(exc))
 
 
-def register_circuit_reset(app: AsyncApp, resilience: Resilience, events: EventRepository) -> None:
+def register_circuit_reset(
+    app: AsyncApp, connections: Connections, events: EventRepository
+) -> None:
     @app.action(CIRCUIT_RESET)
     async def on_circuit_reset(
         ack, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext,
@@ -83,7 +84,7 @@ def register_circuit_reset(app: AsyncApp, resilience: Resilience, events: EventR
             await _tell(respond, f"Only workspace admins and owners can reset the {label} "
                                  "circuit. Ask one of them, or wait: it retries by itself.")
             return
-        was_open = resilience.reset(tenant.id, integration)
+        was_open = await connections.reset_circuit(tenant, integration)
         await events.record(tenant, "circuit_reset", actor=user_id, subject=integration,
                             details={"was_open": was_open})
         await _tell(respond, f"{label} circuit reset: the next call goes straight to {label}."
