@@ -22,13 +22,11 @@ Conversations, audit and other rows stay until an operator runs ``jamono tenant 
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Awaitable
 from typing import TypeVar
 
 import structlog
-from redis.exceptions import RedisError
 from slack_sdk.oauth.installation_store.async_installation_store import AsyncInstallationStore
 
 from bot.services import Services
@@ -86,17 +84,16 @@ class TenantLifecycle:
         while this process was not listening still has no token, credentials or running
         briefings (and its installation leaves the store's cache within a minute)."""
         await pubsub.listen(
-            self.services.redis, CHANNEL, lambda data: self._heard(data, store)
+            self.services.redis, CHANNEL, lambda announcement: self._heard(announcement, store)
         )
 
-    async def _heard(self, data: bytes | str, store: AsyncInstallationStore | None) -> None:
-        try:
-            announcement = json.loads(data)
-            tenant_id, origin = str(announcement["tenant"]), announcement["from"]
-        except (ValueError, KeyError, TypeError):
+    async def _heard(self, announcement: pubsub.Message,
+                     store: AsyncInstallationStore | None) -> None:
+        tenant_id = announcement.get("tenant")
+        if not isinstance(tenant_id, str):
             log.warning("tenant_announcement_malformed")
             return
-        if origin == PROCESS:
+        if announcement.get("from") == PROCESS:
             return
         if isinstance(store, EncryptedInstallationStore):
             store.forget(tenant_id)
@@ -108,14 +105,9 @@ class TenantLifecycle:
         )
 
     async def _announce(self, tenant_id: str) -> None:
-        if self.services.redis is None:
-            return
-        try:
-            await self.services.redis.publish(
-                CHANNEL, json.dumps({"tenant": tenant_id, "from": PROCESS})
-            )
-        except (RedisError, OSError) as exc:  # the rest of the uninstall must still happen
-            log.warning("tenant_announcement_failed", tenant=tenant_id, error=repr(exc))
+        if self.services.redis is not None:  # a failure is logged: the uninstall goes on
+            await pubsub.publish(self.services.redis, CHANNEL,
+                                 {"tenant": tenant_id, "from": PROCESS})
 
     def _cancel_here(self, tenant_id: str) -> int:
         """Cancel the tenant's turns and briefing runs on this process; returns how many."""

@@ -16,7 +16,6 @@ month. :class:`WorkspaceCache` keeps each per workspace, and drops a workspace's
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +23,6 @@ from typing import Any, TypeVar
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from storage import pubsub
@@ -123,21 +121,16 @@ class WorkspaceCache:
         with Redis, in every other process. A failed announcement is logged, not raised: the
         change is stored, and the others see it within ``ttl``."""
         self.forget(tenant_id)
-        if self._redis is None:
-            return
-        try:
-            await self._redis.publish(CHANNEL, json.dumps({"tenant": tenant_id}))
-        except (RedisError, OSError) as exc:
-            log.warning("workspace_change_announcement_failed", tenant=tenant_id, error=repr(exc))
+        if self._redis is not None:
+            await pubsub.publish(self._redis, CHANNEL, {"tenant": tenant_id})
 
     async def listen(self) -> None:
         """Forget what other processes announce, for the life of the process (needs Redis)."""
         await pubsub.listen(self._redis, CHANNEL, self._heard, on_subscribed=self.forget)
 
-    async def _heard(self, data: bytes | str) -> None:
-        try:
-            tenant_id = str(json.loads(data)["tenant"])
-        except (ValueError, KeyError, TypeError):
+    async def _heard(self, announcement: pubsub.Message) -> None:
+        tenant_id = announcement.get("tenant")
+        if not isinstance(tenant_id, str):
             log.warning("workspace_change_malformed")
             return
         self.forget(tenant_id)
